@@ -1,0 +1,449 @@
+//! The stack-file front end end to end: read files, interpolate, check shape, merge `-f` files, normalize.
+
+use std::collections::BTreeMap;
+use std::collections::HashMap;
+use std::path::Path;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use serde_json::Map;
+use serde_json::Value as Json;
+
+use crate::compose::ComposeFile;
+use crate::diag::Diagnostic;
+use crate::diag::Diagnostics;
+use crate::diag::Pos;
+use crate::diag::Severity;
+use crate::interpolate;
+use crate::normalize;
+use crate::shape;
+use crate::shape::Finding;
+use crate::spec::StackSpec;
+use crate::yaml;
+use crate::yaml::Node;
+use crate::yaml::Value;
+
+/// Reads the files a stack refers to. The working tree is one; a git revision (for `plan --base-git`) is another.
+pub trait Files {
+    fn read(&self, path: &Path) -> std::io::Result<Vec<u8>>;
+}
+
+/// The local file system.
+pub struct LocalFiles;
+
+impl Files for LocalFiles {
+    fn read(&self, path: &Path) -> std::io::Result<Vec<u8>> {
+        std::fs::read(path)
+    }
+}
+
+/// What to load.
+#[derive(Debug, Clone, Default)]
+pub struct LoadOptions {
+    /// Stack files in order; later files override earlier ones.
+    pub files: Vec<PathBuf>,
+    /// `--env-file`; without it, a `.env` beside the first file is read when present.
+    pub env_file: Option<PathBuf>,
+    /// `--stack`; without it, the file's `name:` or the first file's directory name.
+    pub stack: Option<String>,
+    /// The process environment; it wins over env files.
+    pub environment: BTreeMap<String, String>,
+}
+
+/// A loaded stack: the merged file, its canonical spec, and the warnings found on the way.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub file: ComposeFile,
+    pub stack: StackSpec,
+    pub warnings: Diagnostics,
+}
+
+/// The schema that loading checks against: generated from `crate::compose`, exactly as `swarm schema` prints it
+/// before it is loosened for editors.
+pub fn raw_schema() -> &'static Json {
+    static SCHEMA: OnceLock<Json> = OnceLock::new();
+    SCHEMA.get_or_init(|| serde_json::to_value(schemars::schema_for!(ComposeFile)).unwrap_or(Json::Null))
+}
+
+/// Loads, checks and normalizes a stack. On failure, every error found is returned (with any warnings).
+pub fn load(options: &LoadOptions, files: &dyn Files) -> Result<Loaded, Diagnostics> {
+    let names: Vec<String> = options.files.iter().map(|p| p.display().to_string()).collect();
+    let mut findings: Vec<Finding> = Vec::new();
+    let mut diagnostics: Vec<Diagnostic> = Vec::new();
+    let Some(first) = options.files.first() else {
+        return Err(Diagnostics(vec![plain_error(
+            "no stack file given",
+            Some("pass one with -f FILE"),
+        )]));
+    };
+    let base_dir = first.parent().map(Path::to_path_buf).unwrap_or_default();
+    let base_dir = if base_dir.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        base_dir
+    };
+
+    // Variables: the process environment wins, then --env-file or .env.
+    let mut variables: HashMap<String, String> = HashMap::new();
+    let env_file = options
+        .env_file
+        .clone()
+        .map(|p| (p, true))
+        .unwrap_or_else(|| (base_dir.join(".env"), false));
+    match files.read(&env_file.0) {
+        Ok(bytes) => match interpolate::parse_env_file(&String::from_utf8_lossy(&bytes)) {
+            Ok(pairs) => variables.extend(pairs),
+            Err(e) => diagnostics.push(Diagnostic {
+                severity: Severity::Error,
+                file: Some(env_file.0.display().to_string()),
+                line_col: Some((e.line as u32, 1)),
+                path: String::new(),
+                message: e.message.clone(),
+                hint: Some("env files hold KEY=VALUE lines".into()),
+            }),
+        },
+        Err(e) if env_file.1 => diagnostics.push(plain_error(
+            &format!("cannot read env file {}: {e}", env_file.0.display()),
+            Some("check the --env-file path"),
+        )),
+        Err(_) => {}
+    }
+    variables.extend(options.environment.clone());
+    let lookup = |name: &str| variables.get(name).cloned();
+
+    let mut merged: Option<(Json, HashMap<String, Pos>)> = None;
+    let mut declared_name: Option<String> = None;
+    for (index, path) in options.files.iter().enumerate() {
+        let file_id = index as u16;
+        let text = match files.read(path) {
+            Ok(bytes) => match String::from_utf8(bytes) {
+                Ok(t) => t,
+                Err(_) => {
+                    diagnostics.push(file_error(&names[index], "the file is not UTF-8 text", None));
+                    continue;
+                }
+            },
+            Err(e) => {
+                diagnostics.push(file_error(&names[index], &format!("cannot read the file: {e}"), None));
+                continue;
+            }
+        };
+        let mut node = match yaml::parse(&text, file_id) {
+            Ok(node) => node,
+            Err(e) => {
+                findings.push(Finding {
+                    severity: Severity::Error,
+                    pos: e.pos,
+                    path: String::new(),
+                    message: e.message,
+                    hint: e.hint,
+                });
+                continue;
+            }
+        };
+        if !matches!(node.value, Value::Map(_) | Value::Null) {
+            findings.push(Finding {
+                severity: Severity::Error,
+                pos: node.pos,
+                path: String::new(),
+                message: "a stack file must be a mapping with a `services:` key".into(),
+                hint: None,
+            });
+            continue;
+        }
+        let mut missing: Vec<(String, Pos)> = Vec::new();
+        interpolate_tree(&mut node, "", &lookup, &mut findings, &mut missing);
+        let mut seen = std::collections::HashSet::new();
+        for (var, pos) in missing {
+            if seen.insert(var.clone()) {
+                findings.push(Finding {
+                    severity: Severity::Warning,
+                    pos,
+                    path: String::new(),
+                    message: format!("The \"{var}\" variable is not set. Defaulting to a blank string."),
+                    hint: None,
+                });
+            }
+        }
+        let shaped = shape::shape(&node, raw_schema());
+        findings.extend(shaped.findings);
+        if let Some(n) = shaped.value.get("name").and_then(Json::as_str) {
+            declared_name = Some(n.to_string());
+        }
+        merged = Some(match merged {
+            None => (shaped.value, shaped.spans),
+            Some((base, mut spans)) => {
+                spans.extend(shaped.spans);
+                (merge_files(base, shaped.value), spans)
+            }
+        });
+    }
+
+    let to_diagnostics = |findings: Vec<Finding>, mut out: Vec<Diagnostic>| {
+        out.extend(findings.into_iter().map(|f| Diagnostic {
+            severity: f.severity,
+            file: names.get(f.pos.file as usize).cloned(),
+            line_col: (f.pos.line > 0).then_some((f.pos.line, f.pos.col)),
+            path: f.path,
+            message: f.message,
+            hint: f.hint,
+        }));
+        Diagnostics(out)
+    };
+
+    let stack_name = options
+        .stack
+        .clone()
+        .or(declared_name)
+        .unwrap_or_else(|| default_stack_name(&base_dir));
+    if let Err(e) = check_stack_name(&stack_name) {
+        diagnostics.push(plain_error(
+            &e,
+            Some("pass a name with --stack NAME (letters, digits, `_` and `-`)"),
+        ));
+    }
+    let has_errors = |f: &Vec<Finding>, d: &Vec<Diagnostic>| {
+        f.iter().any(|f| f.severity == Severity::Error) || d.iter().any(Diagnostic::is_error)
+    };
+    let Some((value, spans)) = merged.filter(|_| !has_errors(&findings, &diagnostics)) else {
+        return Err(to_diagnostics(findings, diagnostics));
+    };
+    let file: ComposeFile = match serde_json::from_value(value) {
+        Ok(f) => f,
+        Err(e) => {
+            diagnostics.push(file_error(
+                &names[0],
+                &format!("internal: the checked file did not fit the model: {e}"),
+                None,
+            ));
+            return Err(to_diagnostics(findings, diagnostics));
+        }
+    };
+    let read = |p: &Path| files.read(p);
+    let ctx = normalize::Context {
+        stack: &stack_name,
+        base_dir: &base_dir,
+        lookup: &lookup,
+        read_file: &read,
+        spans: &spans,
+    };
+    let (stack, more) = normalize::normalize(&file, &ctx);
+    findings.extend(more);
+    let all = to_diagnostics(findings, diagnostics);
+    if all.has_errors() {
+        return Err(all);
+    }
+    Ok(Loaded {
+        file,
+        stack,
+        warnings: all,
+    })
+}
+
+fn plain_error(message: &str, hint: Option<&str>) -> Diagnostic {
+    Diagnostic {
+        severity: Severity::Error,
+        file: None,
+        line_col: None,
+        path: String::new(),
+        message: message.to_string(),
+        hint: hint.map(str::to_string),
+    }
+}
+
+fn file_error(file: &str, message: &str, hint: Option<&str>) -> Diagnostic {
+    Diagnostic {
+        file: Some(file.to_string()),
+        ..plain_error(message, hint)
+    }
+}
+
+/// Docker's rule for stack names: what the name of a network or service may start with.
+pub fn check_stack_name(name: &str) -> Result<(), String> {
+    let ok = name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("invalid stack name {name:?}"))
+    }
+}
+
+/// Compose's project-name rule: the directory name, lower-cased, with other characters dropped.
+fn default_stack_name(dir: &Path) -> String {
+    let dir = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let raw = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
+    let name: String = raw
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
+        .collect();
+    let name = name.trim_start_matches(['_', '-']).to_string();
+    if name.is_empty() {
+        "stack".into()
+    } else {
+        name
+    }
+}
+
+/// Interpolates every scalar value (never a key) in place.
+fn interpolate_tree(
+    node: &mut Node,
+    path: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+    findings: &mut Vec<Finding>,
+    missing: &mut Vec<(String, Pos)>,
+) {
+    let pos = node.pos;
+    match &mut node.value {
+        Value::Scalar { text, .. } => {
+            if !text.contains('$') {
+                return;
+            }
+            match interpolate::interpolate(text, lookup) {
+                Ok(done) => {
+                    *text = done.value;
+                    missing.extend(done.missing.into_iter().map(|m| (m, pos)));
+                }
+                Err(e) => {
+                    let hint = match &e {
+                        interpolate::InterpolationError::Required { variable, .. } => {
+                            Some(format!("set {variable} in the environment or in the .env file"))
+                        }
+                        interpolate::InterpolationError::Syntax { .. } => None,
+                    };
+                    findings.push(Finding {
+                        severity: Severity::Error,
+                        pos,
+                        path: path.to_string(),
+                        message: e.to_string(),
+                        hint,
+                    });
+                }
+            }
+        }
+        Value::Seq(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                interpolate_tree(item, &format!("{path}[{i}]"), lookup, findings, missing);
+            }
+        }
+        Value::Map(entries) => {
+            for (key, value) in entries.iter_mut() {
+                let child = if path.is_empty() {
+                    key.name.clone()
+                } else {
+                    format!("{path}.{}", key.name)
+                };
+                interpolate_tree(value, &child, lookup, findings, missing);
+            }
+        }
+        Value::Null => {}
+    }
+}
+
+/// Compose's override rules for `-f a.yml -f b.yml`, on the checked JSON of each file.
+///
+/// Mappings merge key by key and scalars are replaced; `command`, `entrypoint` and `healthcheck.test` are replaced
+/// whole; lists of `KEY=VALUE` (environment, labels, ...) merge by key; ports, volumes, secrets and configs merge by
+/// their identity (published port, target, source); other lists are concatenated without duplicates.
+pub fn merge_files(base: Json, over: Json) -> Json {
+    merge_at(base, over, "")
+}
+
+fn merge_at(base: Json, over: Json, path: &str) -> Json {
+    let leaf = path.rsplit('.').next().unwrap_or(path);
+    let in_service = path.starts_with("services.");
+    match (base, over) {
+        (Json::Object(mut a), Json::Object(b)) => {
+            for (k, v) in b {
+                let child = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                let merged = match a.remove(&k) {
+                    Some(old) => merge_at(old, v, &child),
+                    None => v,
+                };
+                a.insert(k, merged);
+            }
+            Json::Object(a)
+        }
+        (old, new) if in_service && matches!(leaf, "command" | "entrypoint" | "test") => {
+            let _ = old;
+            new
+        }
+        (old, new) if in_service && matches!(leaf, "environment" | "labels" | "sysctls" | "extra_hosts") => {
+            let sep = if leaf == "extra_hosts" { ':' } else { '=' };
+            let mut map = as_map(old, sep);
+            for (k, v) in as_map(new, sep) {
+                map.insert(k, v);
+            }
+            Json::Object(map)
+        }
+        (Json::Array(a), Json::Array(b)) => {
+            let identity: Option<fn(&Json) -> Option<String>> = match leaf {
+                "ports" if in_service => Some(port_identity),
+                "volumes" if in_service => {
+                    Some(|v| field_or_short(v, "target", |s| s.split(':').nth(1).or(Some(s)).map(str::to_string)))
+                }
+                "secrets" | "configs" if in_service => Some(|v| field_or_short(v, "source", |s| Some(s.to_string()))),
+                _ => None,
+            };
+            let mut out: Vec<Json> = a;
+            for item in b {
+                let existing = match identity {
+                    Some(id) => {
+                        let key = id(&item);
+                        out.iter().position(|o| key.is_some() && id(o) == key)
+                    }
+                    None => out.iter().position(|o| *o == item),
+                };
+                match existing {
+                    Some(i) => out[i] = item,
+                    None => out.push(item),
+                }
+            }
+            Json::Array(out)
+        }
+        (_, new) => new,
+    }
+}
+
+fn as_map(value: Json, sep: char) -> Map<String, Json> {
+    match value {
+        Json::Object(m) => m,
+        Json::Array(items) => items
+            .into_iter()
+            .filter_map(|i| i.as_str().map(str::to_string))
+            .map(|s| match s.split_once(sep) {
+                Some((k, v)) => (k.to_string(), Json::String(v.to_string())),
+                None => (s, Json::Null),
+            })
+            .collect(),
+        _ => Map::new(),
+    }
+}
+
+fn field_or_short(v: &Json, field: &str, short: fn(&str) -> Option<String>) -> Option<String> {
+    match v {
+        Json::String(s) => short(s),
+        Json::Object(m) => m.get(field).and_then(Json::as_str).map(str::to_string),
+        _ => None,
+    }
+}
+
+fn port_identity(v: &Json) -> Option<String> {
+    match v {
+        Json::String(s) => Some(s.clone()),
+        Json::Object(m) => Some(format!(
+            "{}:{}/{}",
+            m.get("published").map(|p| p.to_string()).unwrap_or_default(),
+            m.get("target").map(|p| p.to_string()).unwrap_or_default(),
+            m.get("protocol").and_then(Json::as_str).unwrap_or("tcp")
+        )),
+        _ => None,
+    }
+}
