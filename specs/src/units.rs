@@ -626,8 +626,7 @@ pub fn parse_volume_short(s: &str) -> Result<VolumeShort, UnitError> {
     let parts: Vec<&str> = s.split(':').collect();
     if parts.len() > 3 {
         return Err(fail(format!(
-            "too many \":\" (at most SOURCE:TARGET:OPTIONS; use the long syntax for paths containing \":\"; \
-             {VOLUME_HELP})"
+            "too many \":\" ({VOLUME_HELP}; paths containing \":\" need the long syntax)"
         )));
     }
     if parts.iter().any(|p| p.is_empty()) {
@@ -783,6 +782,9 @@ fn is_label_name(name: &str) -> bool {
 /// `Ok(None)`: no such prefix. `Err(why)`: the prefix is there but the label name is empty or malformed.
 fn normalize_label_key(key: &str) -> Result<Option<String>, String> {
     for prefix in [NODE_LABELS, ENGINE_LABELS] {
+        if key.eq_ignore_ascii_case(prefix.trim_end_matches('.')) {
+            return Err(format!("missing label name after {key:?} (e.g. \"{prefix}zone\")"));
+        }
         let Some(head) = key.get(..prefix.len()) else { continue };
         if !head.eq_ignore_ascii_case(prefix) {
             continue;
@@ -1569,6 +1571,11 @@ mod tests {
         assert!(err(parse_constraint("node.label.zone==a")).contains("did you mean \"node.labels.zone\"?"));
         assert!(err(parse_constraint("nodes.labels.zone==a")).contains("did you mean \"node.labels.zone\"?"));
         assert!(err(parse_constraint("node.labels.==a")).contains("missing label name"));
+        assert_eq!(
+            err(parse_constraint("Node.Labels==a")),
+            "invalid constraint \"Node.Labels==a\": missing label name after \"Node.Labels\" \
+             (e.g. \"node.labels.zone\")"
+        );
         assert!(err(parse_constraint("node.labels.A B==a")).contains("label name \"A B\""));
         assert!(err(parse_constraint("node.ip==nope")).contains("node.ip must be an IP address or CIDR"));
         assert!(err(parse_constraint("node.ip==10.0.0.0/33")).contains("node.ip must be"));
