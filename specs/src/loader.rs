@@ -447,3 +447,124 @@ fn port_identity(v: &Json) -> Option<String> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Files served from memory, by file name.
+    struct Memory(Vec<(&'static str, &'static str)>);
+
+    impl Files for Memory {
+        fn read(&self, path: &Path) -> std::io::Result<Vec<u8>> {
+            let name = path.to_string_lossy();
+            self.0
+                .iter()
+                .find(|(n, _)| name.ends_with(n))
+                .map(|(_, t)| t.as_bytes().to_vec())
+                .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no such file"))
+        }
+    }
+
+    fn options(files: &[&str], env: &[(&str, &str)]) -> LoadOptions {
+        LoadOptions {
+            files: files.iter().map(|f| PathBuf::from(format!("/stack/{f}"))).collect(),
+            stack: Some("s".into()),
+            environment: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            ..LoadOptions::default()
+        }
+    }
+
+    #[test]
+    fn override_files_merge_with_compose_rules() {
+        let files = Memory(vec![
+            (
+                "base.yml",
+                "services:\n  web:\n    image: nginx:1\n    command: [a, b]\n    environment: [A=1, B=2]\n    ports: ['80:80']\n    deploy: {replicas: 2, labels: {x: '1'}}\n",
+            ),
+            (
+                "prod.yml",
+                "services:\n  web:\n    image: nginx:2\n    command: [c]\n    environment: {B: '3', C: '4'}\n    ports: ['443:443']\n    deploy: {labels: {y: '2'}}\n",
+            ),
+        ]);
+        let loaded = load(&options(&["base.yml", "prod.yml"], &[]), &files).unwrap();
+        let web = &loaded.stack.services["s_web"];
+        assert_eq!(web.task.image.as_deref(), Some("nginx:2"));
+        assert_eq!(web.task.command, Some(vec!["c".to_string()]));
+        let env: Vec<(&str, Option<&str>)> = web.task.env.iter().map(|(k, v)| (k.as_str(), v.as_deref())).collect();
+        assert_eq!(env, vec![("A", Some("1")), ("B", Some("3")), ("C", Some("4"))]);
+        assert_eq!(web.ports.len(), 2);
+        assert_eq!(web.mode, crate::spec::ServiceMode::Replicated { replicas: 2 });
+        assert_eq!(web.labels.get("x").map(String::as_str), Some("1"));
+        assert_eq!(web.labels.get("y").map(String::as_str), Some("2"));
+    }
+
+    #[test]
+    fn environment_wins_over_dot_env_which_is_read_beside_the_first_file() {
+        let files = Memory(vec![
+            (
+                "docker-stack.yml",
+                "services:\n  web:\n    image: nginx:${TAG}\n    environment:\n      - MODE=${MODE}\n",
+            ),
+            (".env", "TAG=from-dotenv\nMODE=from-dotenv\n"),
+        ]);
+        let loaded = load(&options(&["docker-stack.yml"], &[("MODE", "from-env")]), &files).unwrap();
+        let web = &loaded.stack.services["s_web"];
+        assert_eq!(web.task.image.as_deref(), Some("nginx:from-dotenv"));
+        assert_eq!(web.task.env["MODE"].as_deref(), Some("from-env"));
+    }
+
+    #[test]
+    fn a_missing_variable_warns_once_and_becomes_empty() {
+        let files = Memory(vec![(
+            "a.yml",
+            "services:\n  web:\n    image: nginx${NOPE}\n    hostname: h${NOPE}\n",
+        )]);
+        let loaded = load(&options(&["a.yml"], &[]), &files).unwrap();
+        assert_eq!(loaded.stack.services["s_web"].task.image.as_deref(), Some("nginx"));
+        let warnings: Vec<String> = loaded.warnings.warnings().map(ToString::to_string).collect();
+        assert_eq!(
+            warnings,
+            vec!["/stack/a.yml:3:12: warning: The \"NOPE\" variable is not set. Defaulting to a blank string."]
+        );
+    }
+
+    #[test]
+    fn errors_name_the_file_they_are_in() {
+        let files = Memory(vec![
+            ("a.yml", "services:\n  web:\n    image: nginx\n"),
+            ("b.yml", "services:\n  web:\n    deploy:\n      replicas: -1\n"),
+        ]);
+        let err = load(&options(&["a.yml", "b.yml"], &[]), &files).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "/stack/b.yml:4:17: error: services.web.deploy.replicas: expected a non-negative integer, found \"-1\"\n  hint: the value must be at least 0"
+        );
+    }
+
+    #[test]
+    fn keys_are_never_interpolated_and_dollar_dollar_is_a_dollar() {
+        let files = Memory(vec![(
+            "a.yml",
+            "services:\n  web:\n    image: nginx\n    labels:\n      $KEY: $$VALUE\n",
+        )]);
+        let loaded = load(&options(&["a.yml"], &[("KEY", "k")]), &files).unwrap();
+        assert_eq!(loaded.stack.services["s_web"].task.container_labels["$KEY"], "$VALUE");
+    }
+
+    #[test]
+    fn octal_modes_and_quoted_numbers() {
+        let files = Memory(vec![
+            (
+                "a.yml",
+                "services:\n  web:\n    image: nginx\n    secrets: [{source: pw, mode: 0440}]\n    deploy: {replicas: \"3\"}\nsecrets:\n  pw: {file: pw.txt}\n",
+            ),
+            ("pw.txt", "x"),
+        ]);
+        let loaded = load(&options(&["a.yml"], &[]), &files).unwrap();
+        let web = &loaded.stack.services["s_web"];
+        assert_eq!(web.task.secrets[0].mode, 0o440);
+        assert_eq!(web.task.secrets[0].target, "/run/secrets/pw");
+        assert_eq!(web.mode, crate::spec::ServiceMode::Replicated { replicas: 3 });
+    }
+}
