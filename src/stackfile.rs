@@ -30,7 +30,7 @@ fn load(args: &StackArgs, files: &dyn Files) -> Result<Loaded, Diagnostics> {
     let result = swarm_specs::load(&options, files);
     match &result {
         Ok(loaded) => {
-            for w in loaded.warnings.warnings() {
+            for w in loaded.diagnostics.warnings() {
                 eprintln!("{w}");
             }
         }

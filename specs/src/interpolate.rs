@@ -198,6 +198,12 @@ impl Parser<'_> {
     fn dollar(&mut self, depth: usize, active: bool) -> Result<String, InterpolationError> {
         let start = self.pos;
         self.pos += 1;
+        // Inside a default, alternative or message only `${...}` nests and `$$` escapes; any other `$` is text.
+        // docker CLI does not interpolate defaults at all, and real stack files rely on that for htpasswd hashes
+        // such as `${PASSWORD:-$2y$05$oZcj...}`, so those must stay literal.
+        if depth > 0 && !matches!(self.peek(), Some('$' | '{')) {
+            return Ok("$".to_owned());
+        }
         match self.peek() {
             None => Err(syntax(
                 start,
@@ -626,11 +632,19 @@ mod tests {
         assert_eq!(value("x${A:-${B:-x}}", &[("B", "b")]), "xb");
         assert_eq!(value("x${A:-${B:-x}}", &[("A", "a")]), "xa");
         assert_eq!(value("${A:+[${B}]}", &[("A", "1"), ("B", "2")]), "[2]");
-        assert_eq!(value("${A:-pre $B post}", &[("B", "b")]), "pre b post");
+        assert_eq!(value("${A:-pre ${B} post}", &[("B", "b")]), "pre b post");
         assert_eq!(
             required("${A:?set ${WHAT}}", &[("WHAT", "it")]),
             ("A".to_owned(), "set it".to_owned())
         );
+    }
+
+    #[test]
+    fn htpasswd_hashes_in_defaults_stay_literal_as_docker_keeps_them() {
+        let hash = "$2y$05$oZcj4FgdSFEYNCH0EH/3Vu7Hp72gkvEadHzMsDhGFkbvS/ZrKMKfK";
+        let r = run(&format!("${{USER:-admin}}:${{PW:-{hash}}}"), &[]).unwrap();
+        assert_eq!(r.value, format!("admin:{hash}"));
+        assert!(r.missing.is_empty());
     }
 
     #[test]
@@ -641,7 +655,7 @@ mod tests {
         let r = run("${A:+$C}", &[]).unwrap();
         assert!(r.missing.is_empty());
         // but the default of a used branch reports its own missing variables
-        let r = run("${A:-$C}", &[]).unwrap();
+        let r = run("${A:-${C}}", &[]).unwrap();
         assert_eq!(r.missing, vec!["C".to_owned()]);
     }
 
@@ -741,8 +755,8 @@ mod tests {
         assert_eq!(syntax_offset("x$1"), 1);
         assert_eq!(syntax_offset("x$}"), 1);
         assert_eq!(syntax_offset("x$é"), 1);
-        // also inside defaults (docker would keep `a$` literally because it does not interpolate defaults)
-        assert_eq!(syntax_offset("${A:-a$}"), 6);
+        // inside defaults a lone `$` is text, as docker keeps it
+        assert_eq!(value("${A:-a$}", &[]), "a$");
     }
 
     #[test]
@@ -779,7 +793,7 @@ mod tests {
             calls.borrow_mut().push(name.to_owned());
             Some("v".to_owned())
         };
-        interpolate("${A:-$B}${C+$D}", &lookup).unwrap();
+        interpolate("${A:-${B}}${C+${D}}", &lookup).unwrap();
         assert_eq!(*calls.borrow(), vec!["A", "C", "D"]);
     }
 

@@ -50,12 +50,13 @@ pub struct LoadOptions {
     pub environment: BTreeMap<String, String>,
 }
 
-/// A loaded stack: the merged file, its canonical spec, and the warnings found on the way.
+/// A loaded stack: the merged file, its canonical spec, and what was found on the way.
 #[derive(Debug, Clone)]
 pub struct Loaded {
     pub file: ComposeFile,
     pub stack: StackSpec,
-    pub warnings: Diagnostics,
+    /// Warnings; with [`load_unchecked`], also the errors of the semantic checks.
+    pub diagnostics: Diagnostics,
 }
 
 /// The schema that loading checks against: generated from `crate::compose`, exactly as `swarm schema` prints it
@@ -67,6 +68,17 @@ pub fn raw_schema() -> &'static Json {
 
 /// Loads, checks and normalizes a stack. On failure, every error found is returned (with any warnings).
 pub fn load(options: &LoadOptions, files: &dyn Files) -> Result<Loaded, Diagnostics> {
+    let loaded = load_unchecked(options, files)?;
+    if loaded.diagnostics.has_errors() {
+        return Err(loaded.diagnostics);
+    }
+    Ok(loaded)
+}
+
+/// As [`load`], but a file whose shape is right is returned even when semantic checks (references, constraints,
+/// port clashes, unreadable secret files, ...) found errors: they are in `diagnostics`. For tools and tests that
+/// look at what a file says before asking whether it can be deployed.
+pub fn load_unchecked(options: &LoadOptions, files: &dyn Files) -> Result<Loaded, Diagnostics> {
     let names: Vec<String> = options.files.iter().map(|p| p.display().to_string()).collect();
     let mut findings: Vec<Finding> = Vec::new();
     let mut diagnostics: Vec<Diagnostic> = Vec::new();
@@ -229,14 +241,10 @@ pub fn load(options: &LoadOptions, files: &dyn Files) -> Result<Loaded, Diagnost
     };
     let (stack, more) = normalize::normalize(&file, &ctx);
     findings.extend(more);
-    let all = to_diagnostics(findings, diagnostics);
-    if all.has_errors() {
-        return Err(all);
-    }
     Ok(Loaded {
         file,
         stack,
-        warnings: all,
+        diagnostics: to_diagnostics(findings, diagnostics),
     })
 }
 
@@ -522,7 +530,7 @@ mod tests {
         )]);
         let loaded = load(&options(&["a.yml"], &[]), &files).unwrap();
         assert_eq!(loaded.stack.services["s_web"].task.image.as_deref(), Some("nginx"));
-        let warnings: Vec<String> = loaded.warnings.warnings().map(ToString::to_string).collect();
+        let warnings: Vec<String> = loaded.diagnostics.warnings().map(ToString::to_string).collect();
         assert_eq!(
             warnings,
             vec!["/stack/a.yml:3:12: warning: The \"NOPE\" variable is not set. Defaulting to a blank string."]
