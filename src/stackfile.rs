@@ -106,9 +106,21 @@ pub fn config(args: &StackArgs, normalized: bool) -> anyhow::Result<ExitCode> {
             object.file = Some(absolute.display().to_string());
         }
     }
-    let yaml = serde_saphyr::to_string(&file).context("cannot print the stack as YAML")?;
+    // Values are printed after interpolation, so a `$` they contain is escaped again: the output loads as it reads.
+    let mut value = serde_json::to_value(&file)?;
+    escape_dollars(&mut value);
+    let yaml = serde_saphyr::to_string(&value).context("cannot print the stack as YAML")?;
     print!("{yaml}");
     Ok(ExitCode::SUCCESS)
+}
+
+fn escape_dollars(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::String(s) if s.contains('$') => *s = s.replace('$', "$$"),
+        serde_json::Value::Array(items) => items.iter_mut().for_each(escape_dollars),
+        serde_json::Value::Object(map) => map.values_mut().for_each(escape_dollars),
+        _ => {}
+    }
 }
 
 pub fn schema() -> anyhow::Result<ExitCode> {

@@ -381,7 +381,7 @@ pub fn normalize(file: &ComposeFile, ctx: &Context<'_>) -> (StackSpec, Vec<Findi
             if port.mode == PublishMode::Host {
                 continue;
             }
-            if let Some(other) = published.insert((p, port.protocol.clone()), key.clone()) {
+            if let Some(other) = published.insert((p, port.protocol), key.clone()) {
                 cx.error(
                     &format!("{path}.ports[{i}]"),
                     format!(
@@ -490,7 +490,7 @@ fn file_object(
     if let Some(file) = &def.file {
         let full = cx.ctx.base_dir.join(file);
         return match (cx.ctx.read_file)(&full) {
-            Ok(data) => Some((ContentSource::File(file.clone()), data, labels)),
+            Ok(data) => Some((ContentSource::File, data, labels)),
             Err(e) => {
                 cx.error(
                     &format!("{path}.file"),
@@ -503,7 +503,7 @@ fn file_object(
     }
     if let Some(var) = &def.environment {
         return match (cx.ctx.lookup)(var) {
-            Some(value) => Some((ContentSource::Environment(var.clone()), value.into_bytes(), labels)),
+            Some(value) => Some((ContentSource::Environment, value.into_bytes(), labels)),
             None => {
                 cx.error(
                     &format!("{path}.environment"),
@@ -625,7 +625,7 @@ fn service(
     let mut container_labels = labels(&svc.labels);
     container_labels.insert(ns.0.clone(), ns.1.clone());
 
-    let healthcheck = svc.healthcheck.as_ref().and_then(|h| {
+    let healthcheck = svc.healthcheck.as_ref().map(|h| {
         let hp = p("healthcheck");
         let test = if h.disable == Some(true) {
             Some(vec!["NONE".to_string()])
@@ -645,14 +645,14 @@ fn service(
                 }
             }
         };
-        Some(Healthcheck {
+        Healthcheck {
             test: test.unwrap_or_default(),
             interval_ms: cx.duration_ms(&format!("{hp}.interval"), &h.interval),
             timeout_ms: cx.duration_ms(&format!("{hp}.timeout"), &h.timeout),
             start_period_ms: cx.duration_ms(&format!("{hp}.start_period"), &h.start_period),
             start_interval_ms: cx.duration_ms(&format!("{hp}.start_interval"), &h.start_interval),
             retries: h.retries,
-        })
+        }
     });
 
     let stop_signal = svc.stop_signal.as_ref().and_then(|s| match units::parse_signal(s) {
@@ -709,8 +709,8 @@ fn service(
                     ports.push(PortConfig {
                         target: l.target,
                         published,
-                        protocol: protocol.clone(),
-                        mode: mode.clone(),
+                        protocol,
+                        mode,
                         host_ip: l.host_ip.clone(),
                     });
                 }
@@ -832,7 +832,7 @@ fn service(
             }
         };
         let mut mount = mount;
-        match (mount.kind.clone(), mount.source.clone()) {
+        match (mount.kind, mount.source.clone()) {
             (MountType::Volume, Some(src)) => match refs.volumes.get(&src) {
                 Some(stored) => mount.source = Some(stored.clone()),
                 None => undefined(cx, &vp, "volume", &src, refs.volumes),

@@ -177,7 +177,7 @@ impl<'a> Walker<'a> {
 
     fn walk(&mut self, node: &Node, schema: &'a Json, path: &str) -> Option<Json> {
         let schema = self.resolve(schema);
-        if schema == &Json::Bool(true) || schema.as_object().is_some_and(|o| o.is_empty()) {
+        if is_any(schema) {
             self.spans.insert(path.to_string(), node.pos);
             return Some(any_json(node));
         }
@@ -403,6 +403,26 @@ impl<'a> Walker<'a> {
             }
         }
         Some(value)
+    }
+}
+
+/// A schema that constrains nothing (`true`, `{}`, or only annotations such as `writeOnly`).
+fn is_any(schema: &Json) -> bool {
+    const CONSTRAINTS: &[&str] = &[
+        "type",
+        "$ref",
+        "anyOf",
+        "oneOf",
+        "properties",
+        "additionalProperties",
+        "enum",
+        "items",
+        "const",
+    ];
+    match schema {
+        Json::Bool(b) => *b,
+        Json::Object(o) => !CONSTRAINTS.iter().any(|k| o.contains_key(*k)),
+        _ => false,
     }
 }
 

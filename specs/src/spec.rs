@@ -316,12 +316,13 @@ pub struct VolumeSpec {
     pub external: bool,
 }
 
-/// Where a secret's or config's content comes from; kept so `swarm config` can print the stack back.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+/// Where a secret's or config's content comes from. Only the kind: the content (by digest) is what a plan compares,
+/// so moving a file or renaming a variable without changing the content changes nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ContentSource {
-    File(String),
-    Environment(String),
+    File,
+    Environment,
     Inline,
     External,
 }
