@@ -173,12 +173,15 @@ pub struct Service {
     pub platform: Ignored,
     #[serde(skip_serializing)]
     pub privileged: Ignored,
-    #[serde(skip_serializing)]
-    pub restart: Ignored,
+    /// Used as the restart policy when `deploy.restart_policy` is not set, as `docker stack deploy` does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub restart: Option<String>,
     #[serde(skip_serializing)]
     pub security_opt: Ignored,
     #[serde(skip_serializing)]
     pub shm_size: Ignored,
+    #[serde(skip_serializing)]
+    pub tmpfs: Ignored,
     #[serde(skip_serializing)]
     pub userns_mode: Ignored,
     #[serde(skip_serializing)]
@@ -210,9 +213,9 @@ pub const IGNORED_SERVICE_KEYS: &[&str] = &[
     "privileged",
     "profiles",
     "pull_policy",
-    "restart",
     "security_opt",
     "shm_size",
+    "tmpfs",
     "userns_mode",
 ];
 

@@ -153,7 +153,17 @@ pub fn load_unchecked(options: &LoadOptions, files: &dyn Files) -> Result<Loaded
                 continue;
             }
         };
-        if !matches!(node.value, Value::Map(_) | Value::Null) {
+        if matches!(node.value, Value::Null) {
+            findings.push(Finding {
+                severity: Severity::Error,
+                pos: node.pos,
+                path: String::new(),
+                message: "the file is empty".into(),
+                hint: Some("a stack file is a mapping with a `services:` key".into()),
+            });
+            continue;
+        }
+        if !matches!(node.value, Value::Map(_)) {
             findings.push(Finding {
                 severity: Severity::Error,
                 pos: node.pos,
@@ -214,14 +224,19 @@ pub fn load_unchecked(options: &LoadOptions, files: &dyn Files) -> Result<Loaded
             Some("pass a name with --stack NAME (letters, digits, `_` and `-`)"),
         ));
     }
-    let has_errors = |f: &Vec<Finding>, d: &Vec<Diagnostic>| {
-        f.iter().any(|f| f.severity == Severity::Error) || d.iter().any(Diagnostic::is_error)
-    };
-    let Some((value, spans)) = merged.filter(|_| !has_errors(&findings, &diagnostics)) else {
+    // Shape errors do not stop the semantic checks: the parts that fit are still normalized, and the semantic
+    // findings about objects without shape errors are reported too (the others would only repeat them).
+    let shape_failed: std::collections::HashSet<String> = findings
+        .iter()
+        .filter(|f| f.severity == Severity::Error)
+        .map(|f| owner(&f.path))
+        .collect();
+    let Some((value, spans)) = merged.filter(|_| !diagnostics.iter().any(Diagnostic::is_error)) else {
         return Err(to_diagnostics(findings, diagnostics));
     };
     let file: ComposeFile = match serde_json::from_value(value) {
         Ok(f) => f,
+        Err(_) if !shape_failed.is_empty() => return Err(to_diagnostics(findings, diagnostics)),
         Err(e) => {
             diagnostics.push(file_error(
                 &names[0],
@@ -240,12 +255,27 @@ pub fn load_unchecked(options: &LoadOptions, files: &dyn Files) -> Result<Loaded
         spans: &spans,
     };
     let (stack, more) = normalize::normalize(&file, &ctx);
-    findings.extend(more);
+    let shape_errors = !shape_failed.is_empty();
+    findings.extend(more.into_iter().filter(|f| !shape_failed.contains(&owner(&f.path))));
+    findings.sort_by_key(|f| f.pos);
+    if shape_errors {
+        return Err(to_diagnostics(findings, diagnostics));
+    }
     Ok(Loaded {
         file,
         stack,
         diagnostics: to_diagnostics(findings, diagnostics),
     })
+}
+
+/// The object a field path belongs to (`services.web.deploy.replicas` → `services.web`).
+fn owner(path: &str) -> String {
+    let mut parts = path.splitn(3, '.');
+    match (parts.next(), parts.next()) {
+        (Some(a), Some(b)) => format!("{a}.{}", b.split('[').next().unwrap_or(b)),
+        (Some(a), None) => a.split('[').next().unwrap_or(a).to_string(),
+        _ => String::new(),
+    }
 }
 
 fn plain_error(message: &str, hint: Option<&str>) -> Diagnostic {

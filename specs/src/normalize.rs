@@ -166,6 +166,31 @@ pub fn split_shell_words(line: &str) -> Result<Vec<String>, String> {
     Ok(words)
 }
 
+/// A service's `env_file`, read as `docker stack deploy` reads it (not like `.env`): `KEY=VALUE` taken literally
+/// (no quotes, no inline comments), a bare `KEY` takes its value from the environment, `#` lines are comments.
+fn parse_service_env_file(text: &str) -> Vec<(usize, Result<(String, Option<String>), String>)> {
+    let mut out = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim_start_matches('\u{feff}').trim_start();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (key, value) = match line.split_once('=') {
+            Some((k, v)) => (k, Some(v.to_string())),
+            None => (line.trim_end(), None),
+        };
+        let entry = if key.is_empty() || key.contains(char::is_whitespace) {
+            Err(format!(
+                "invalid variable name {key:?}: names cannot be empty or contain spaces"
+            ))
+        } else {
+            Ok((key.to_string(), value))
+        };
+        out.push((i + 1, entry));
+    }
+    out
+}
+
 /// `KEY=VALUE` list or mapping to a sorted map; a list entry without `=` has no value.
 fn list_or_map(value: &Option<ListOrMap>, separator: char) -> BTreeMap<String, Option<String>> {
     let mut out = BTreeMap::new();
@@ -221,9 +246,7 @@ pub fn normalize(file: &ComposeFile, ctx: &Context<'_>) -> (StackSpec, Vec<Findi
     for (key, net) in &file.networks {
         let path = format!("networks.{key}");
         let (external, ext_name) = is_external(&net.external);
-        let name = ext_name
-            .or(net.name.clone())
-            .unwrap_or_else(|| format!("{stack}_{key}"));
+        let name = stored_object_name(stack, key, external, ext_name, &net.name);
         if external && (net.driver.is_some() || net.ipam.is_some()) {
             cx.error(
                 &path,
@@ -277,9 +300,7 @@ pub fn normalize(file: &ComposeFile, ctx: &Context<'_>) -> (StackSpec, Vec<Findi
     let mut volume_names: IndexMap<String, String> = IndexMap::new();
     for (key, vol) in &file.volumes {
         let (external, ext_name) = is_external(&vol.external);
-        let name = ext_name
-            .or(vol.name.clone())
-            .unwrap_or_else(|| format!("{stack}_{key}"));
+        let name = stored_object_name(stack, key, external, ext_name, &vol.name);
         let mut labels = labels(&vol.labels);
         if !external {
             labels.extend(namespace());
@@ -312,7 +333,12 @@ pub fn normalize(file: &ComposeFile, ctx: &Context<'_>) -> (StackSpec, Vec<Findi
                 Some("put the secret in a file (`file:`) or an environment variable (`environment:`)".into()),
             );
         }
-        if let Some((source, data, labels)) = file_object(&mut cx, &path, key, def) {
+        let Some((source, data, labels)) = file_object(&mut cx, &path, key, def) else {
+            // Already reported; still a defined name, so references to it are not reported again.
+            secret_names.insert(key.clone(), format!("{stack}_{key}"));
+            continue;
+        };
+        {
             let name = stored_name(stack, key, def, &data, &source);
             secret_names.insert(key.clone(), name.clone());
             let digest = if source == ContentSource::External {
@@ -336,7 +362,11 @@ pub fn normalize(file: &ComposeFile, ctx: &Context<'_>) -> (StackSpec, Vec<Findi
     let mut config_names: IndexMap<String, String> = IndexMap::new();
     for (key, def) in &file.configs {
         let path = format!("configs.{key}");
-        if let Some((source, data, labels)) = file_object(&mut cx, &path, key, def) {
+        let Some((source, data, labels)) = file_object(&mut cx, &path, key, def) else {
+            config_names.insert(key.clone(), format!("{stack}_{key}"));
+            continue;
+        };
+        {
             let name = stored_name(stack, key, def, &data, &source);
             config_names.insert(key.clone(), name.clone());
             let digest = if source == ContentSource::External {
@@ -440,6 +470,22 @@ fn is_cidr(text: &str) -> bool {
     }
 }
 
+/// Docker's naming: `name:` (or the legacy `external: {name: ...}`) as given, else the key for external objects and
+/// `<stack>_<key>` for the stack's own.
+fn stored_object_name(
+    stack: &str,
+    key: &str,
+    external: bool,
+    ext_name: Option<String>,
+    name: &Option<String>,
+) -> String {
+    match ext_name.or(name.clone()) {
+        Some(n) => n,
+        None if external => key.to_string(),
+        None => format!("{stack}_{key}"),
+    }
+}
+
 fn stored_name(stack: &str, key: &str, def: &compose::FileObject, data: &[u8], source: &ContentSource) -> String {
     let (external, ext_name) = is_external(&def.external);
     if external || *source == ContentSource::External {
@@ -488,7 +534,7 @@ fn file_object(
         return Some((ContentSource::External, Vec::new(), labels));
     }
     if let Some(file) = &def.file {
-        let full = cx.ctx.base_dir.join(file);
+        let full = PathBuf::from(resolve_host_path(cx.ctx.base_dir, file, (cx.ctx.lookup)("HOME")));
         return match (cx.ctx.read_file)(&full) {
             Ok(data) => Some((ContentSource::File, data, labels)),
             Err(e) => {
@@ -604,17 +650,28 @@ fn service(
         } else {
             fpath
         };
-        let full = cx.ctx.base_dir.join(f);
+        let full = PathBuf::from(resolve_host_path(cx.ctx.base_dir, f, (cx.ctx.lookup)("HOME")));
         match (cx.ctx.read_file)(&full) {
             Err(e) => cx.error(
                 &fpath,
                 format!("cannot read {}: {e}", full.display()),
                 Some("the path is relative to the stack file's directory".into()),
             ),
-            Ok(bytes) => match crate::interpolate::parse_env_file(&String::from_utf8_lossy(&bytes)) {
-                Ok(pairs) => env.extend(pairs.into_iter().map(|(k, v)| (k, Some(v)))),
-                Err(e) => cx.error(&fpath, format!("{}: {e}", full.display()), None),
-            },
+            Ok(bytes) => {
+                for (line, entry) in parse_service_env_file(&String::from_utf8_lossy(&bytes)) {
+                    match entry {
+                        Ok((k, Some(v))) => {
+                            env.insert(k, Some(v));
+                        }
+                        Ok((k, None)) => {
+                            if let Some(v) = (cx.ctx.lookup)(&k) {
+                                env.insert(k, Some(v));
+                            }
+                        }
+                        Err(e) => cx.error(&fpath, format!("{} line {line}: {e}", full.display()), None),
+                    }
+                }
+            }
         }
     }
     for (k, v) in list_or_map(&svc.environment, '=') {
@@ -837,7 +894,9 @@ fn service(
                 Some(stored) => mount.source = Some(stored.clone()),
                 None => undefined(cx, &vp, "volume", &src, refs.volumes),
             },
-            (MountType::Bind, Some(src)) => mount.source = Some(resolve_host_path(cx.ctx.base_dir, &src)),
+            (MountType::Bind, Some(src)) => {
+                mount.source = Some(resolve_host_path(cx.ctx.base_dir, &src, (cx.ctx.lookup)("HOME")))
+            }
             (MountType::Bind, None) => cx.error(&vp, "a bind mount needs a source path", None),
             _ => {}
         }
@@ -997,7 +1056,18 @@ fn service(
     }
 
     let restart_policy = match &deploy.restart_policy {
-        None => RestartPolicy::default(),
+        None => match svc.restart.as_deref().map(restart_from_compose) {
+            None => RestartPolicy::default(),
+            Some(Ok(policy)) => policy,
+            Some(Err(e)) => {
+                cx.error(
+                    &p("restart"),
+                    e,
+                    Some("use no, always, unless-stopped, on-failure or on-failure:N".into()),
+                );
+                RestartPolicy::default()
+            }
+        },
         Some(r) => {
             let rp = format!("{dp}.restart_policy");
             let d = RestartPolicy::default();
@@ -1071,6 +1141,39 @@ fn service(
             resources,
             restart_policy,
         },
+    }
+}
+
+/// The Compose `restart:` key, which `docker stack deploy` uses when `deploy.restart_policy` is absent.
+fn restart_from_compose(text: &str) -> Result<RestartPolicy, String> {
+    let d = RestartPolicy::default();
+    match text.split_once(':') {
+        None => match text {
+            "no" => Ok(RestartPolicy {
+                condition: RestartCondition::None,
+                ..d
+            }),
+            "always" | "unless-stopped" => Ok(RestartPolicy {
+                condition: RestartCondition::Any,
+                ..d
+            }),
+            "on-failure" => Ok(RestartPolicy {
+                condition: RestartCondition::OnFailure,
+                ..d
+            }),
+            _ => Err(format!("invalid restart policy {text:?}")),
+        },
+        Some(("on-failure", n)) => match n.parse::<u64>() {
+            Ok(max_attempts) => Ok(RestartPolicy {
+                condition: RestartCondition::OnFailure,
+                max_attempts,
+                ..d
+            }),
+            Err(_) => Err(format!(
+                "invalid restart policy {text:?}: {n:?} is not a number of attempts"
+            )),
+        },
+        _ => Err(format!("invalid restart policy {text:?}")),
     }
 }
 
@@ -1179,9 +1282,9 @@ fn published_range(text: &str) -> Option<Vec<u16>> {
     }
 }
 
-fn resolve_host_path(base: &Path, src: &str) -> String {
+fn resolve_host_path(base: &Path, src: &str, home: Option<String>) -> String {
     if let Some(rest) = src.strip_prefix("~/") {
-        if let Some(home) = std::env::var_os("HOME") {
+        if let Some(home) = home {
             return PathBuf::from(home).join(rest).display().to_string();
         }
     }
@@ -1224,9 +1327,9 @@ fn ignored_field(svc: &compose::Service, key: &str) -> bool {
         "privileged" => &svc.privileged,
         "profiles" => &svc.profiles,
         "pull_policy" => &svc.pull_policy,
-        "restart" => &svc.restart,
         "security_opt" => &svc.security_opt,
         "shm_size" => &svc.shm_size,
+        "tmpfs" => &svc.tmpfs,
         "userns_mode" => &svc.userns_mode,
         _ => return false,
     };
@@ -1258,8 +1361,11 @@ mod tests {
 
     #[test]
     fn host_paths_are_made_absolute() {
-        assert_eq!(resolve_host_path(Path::new("/srv/app"), "./data"), "/srv/app/data");
-        assert_eq!(resolve_host_path(Path::new("/srv/app"), "../x"), "/srv/x");
-        assert_eq!(resolve_host_path(Path::new("/srv/app"), "/abs"), "/abs");
+        assert_eq!(
+            resolve_host_path(Path::new("/srv/app"), "./data", None),
+            "/srv/app/data"
+        );
+        assert_eq!(resolve_host_path(Path::new("/srv/app"), "../x", None), "/srv/x");
+        assert_eq!(resolve_host_path(Path::new("/srv/app"), "/abs", None), "/abs");
     }
 }

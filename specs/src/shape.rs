@@ -221,7 +221,9 @@ impl<'a> Walker<'a> {
                         None => ok = false,
                     }
                 }
-                ok.then_some(Json::Array(out))
+                // Items that did not fit are reported and left out, so that the rest can still be checked.
+                let _ = ok;
+                Some(Json::Array(out))
             }
             Value::Scalar { text, plain } => self.walk_scalar(node, text, *plain, schema, &types, path),
         }
@@ -300,7 +302,8 @@ impl<'a> Walker<'a> {
                         let names = property_names();
                         let hint = match did_you_mean(&key.name, &names) {
                             Some(s) => Some(format!("did you mean \"{s}\"?")),
-                            None => Some(format!("valid keys here: {}", names.join(", "))),
+                            None if names.len() <= 12 => Some(format!("valid keys here: {}", names.join(", "))),
+                            None => Some("`swarm schema` prints every valid key".to_string()),
                         };
                         self.error(key.pos, &child_path, format!("unknown key \"{}\"", key.name), hint);
                         ok = false;
@@ -319,16 +322,22 @@ impl<'a> Walker<'a> {
                 None => ok = false,
             }
         }
+        // A key that failed is reported and left out, so the rest of the file can still be checked; only a missing
+        // required key makes the whole mapping unusable.
+        let _ = ok;
+        let mut complete = true;
         if let Some(required) = schema.get("required").and_then(Json::as_array) {
             for name in required.iter().filter_map(Json::as_str) {
-                if !out.contains_key(name) && ok {
-                    let message = format!("missing required key \"{name}\"");
-                    self.error(pos, path, message, None);
-                    ok = false;
+                if !out.contains_key(name) {
+                    complete = false;
+                    if !entries.iter().any(|(k, _)| k.name == name) {
+                        let message = format!("missing required key \"{name}\"");
+                        self.error(pos, path, message, None);
+                    }
                 }
             }
         }
-        ok.then_some(Json::Object(out))
+        complete.then_some(Json::Object(out))
     }
 
     fn allows_null(&self, schema: &'a Json) -> bool {
@@ -362,14 +371,26 @@ impl<'a> Walker<'a> {
             let Some(n) = parse_int(text, plain) else {
                 return mismatch(self);
             };
-            let min = schema.get("minimum").and_then(Json::as_f64);
-            let max = schema.get("maximum").and_then(Json::as_f64);
-            if min.is_some_and(|m| (n as f64) < m) || max.is_some_and(|m| (n as f64) > m) {
+            let (format_min, format_max): (Option<i128>, Option<i128>) =
+                match schema.get("format").and_then(Json::as_str) {
+                    Some("uint8") => (Some(0), Some(u8::MAX.into())),
+                    Some("uint16") => (Some(0), Some(u16::MAX.into())),
+                    Some("uint32" | "uint") => (Some(0), Some(u32::MAX.into())),
+                    Some("uint64") => (Some(0), Some(u64::MAX.into())),
+                    Some("int32") => (Some(i32::MIN.into()), Some(i32::MAX.into())),
+                    Some("int64") => (Some(i64::MIN.into()), Some(i64::MAX.into())),
+                    _ => (None, None),
+                };
+            let bound = |key: &str| schema.get(key).and_then(Json::as_f64).map(|f| f as i128);
+            let min = bound("minimum").or(format_min);
+            let max = bound("maximum")
+                .map(|m| format_max.map_or(m, |f| m.min(f)))
+                .or(format_max);
+            if min.is_some_and(|m| n < m) || max.is_some_and(|m| n > m) {
                 let range = match (min, max) {
-                    (Some(lo), Some(hi)) => format!("between {lo} and {hi}"),
-                    (Some(lo), None) => format!("at least {lo}"),
-                    (None, Some(hi)) => format!("at most {hi}"),
-                    (None, None) => String::new(),
+                    (Some(lo), _) if n < lo => format!("at least {lo}"),
+                    (_, Some(hi)) => format!("at most {hi}"),
+                    _ => String::new(),
                 };
                 let message = format!("expected {}, found {}", describe(schema, types), found(node));
                 self.error(node.pos, path, message, Some(format!("the value must be {range}")));
