@@ -1,6 +1,8 @@
 //! `swarm`: the command line. Thin: clap parses, library crates decide, this file prints.
 
+mod client;
 mod gitfiles;
+mod node;
 mod stackfile;
 
 use std::path::PathBuf;
@@ -17,6 +19,10 @@ use clap::ValueEnum;
     about = "A GitOps-native container orchestrator for Docker stack files"
 )]
 struct Cli {
+    /// The daemon to talk to: a unix socket path (`unix:///run/swarm/swarm.sock`) or `https://MANAGER:2377` with
+    /// SWARM_CERT_PATH holding ca.pem, cert.pem and key.pem.
+    #[arg(long, short = 'H', env = "SWARM_HOST", global = true)]
+    host: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -43,6 +49,70 @@ pub enum Format {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the node process (what dockerd is to Docker): it keeps the node's state and runs its role.
+    Daemon {
+        /// Where the node keeps its identity, certificates and Raft data.
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// The unix socket the CLI talks to.
+        #[arg(long, value_name = "PATH")]
+        socket: Option<PathBuf>,
+        /// The hostname this node reports (default: the machine's).
+        #[arg(long)]
+        hostname: Option<String>,
+        /// Raft election timeout range in milliseconds, e.g. 150-300 (openraft's default).
+        #[arg(long, value_name = "MIN-MAX", value_parser = parse_range)]
+        election_timeout: Option<(u64, u64)>,
+        /// Raft heartbeat interval in milliseconds (default 50).
+        #[arg(long, value_name = "MS")]
+        raft_heartbeat: Option<u64>,
+    },
+    /// Make this node the first manager of a new swarm.
+    Init {
+        /// Address other nodes use to reach this one (IP or IP:PORT; the port defaults to the listen port).
+        #[arg(long)]
+        advertise_addr: Option<String>,
+        /// Address the manager API listens on.
+        #[arg(long, default_value = "0.0.0.0:2377")]
+        listen_addr: String,
+        /// Rebuild a cluster that lost its quorum for good from this manager's data.
+        #[arg(long)]
+        force_new_cluster: bool,
+    },
+    /// Join a swarm as a worker or a manager, as the token says.
+    Join {
+        #[arg(long)]
+        token: String,
+        #[arg(long)]
+        advertise_addr: Option<String>,
+        #[arg(long, default_value = "0.0.0.0:2377")]
+        listen_addr: String,
+        /// A manager's address, HOST:PORT.
+        remote: String,
+    },
+    /// Print (or rotate) the token to join as a worker or a manager.
+    JoinToken {
+        #[arg(value_parser = ["worker", "manager"])]
+        role: String,
+        #[arg(short, long)]
+        quiet: bool,
+        #[arg(long)]
+        rotate: bool,
+    },
+    /// Leave the swarm.
+    Leave {
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Show the Swarm section of this node's information.
+    Info {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Manage nodes.
+    #[command(subcommand)]
+    Node(NodeCommand),
     /// Check stack files: exit 0 when valid, 1 when not; warnings go to stderr.
     Validate {
         #[command(flatten)]
@@ -85,9 +155,165 @@ enum Command {
     },
 }
 
-fn main() -> ExitCode {
+#[derive(Subcommand)]
+enum NodeCommand {
+    /// List nodes.
+    #[command(alias = "list")]
+    Ls {
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Show nodes in detail (JSON, or --pretty).
+    Inspect {
+        #[arg(required = true)]
+        nodes: Vec<String>,
+        #[arg(long)]
+        pretty: bool,
+    },
+    /// Make workers managers.
+    Promote {
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+    /// Make managers workers.
+    Demote {
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+    /// Remove nodes from the swarm.
+    #[command(alias = "remove")]
+    Rm {
+        #[arg(required = true)]
+        nodes: Vec<String>,
+        /// Remove a node that is not down.
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Change a node's availability or labels.
+    Update {
+        #[arg(long, value_parser = ["active", "pause", "drain"])]
+        availability: Option<String>,
+        #[arg(long, value_name = "KEY=VALUE")]
+        label_add: Vec<String>,
+        #[arg(long, value_name = "KEY")]
+        label_rm: Vec<String>,
+        node: String,
+    },
+}
+
+fn parse_range(text: &str) -> Result<(u64, u64), String> {
+    let (a, b) = text.split_once('-').ok_or("expected MIN-MAX, e.g. 150-300")?;
+    let a: u64 = a
+        .trim()
+        .parse()
+        .map_err(|_| format!("{a:?} is not a number of milliseconds"))?;
+    let b: u64 = b
+        .trim()
+        .parse()
+        .map_err(|_| format!("{b:?} is not a number of milliseconds"))?;
+    if a == 0 || a >= b {
+        return Err("MIN must be above 0 and below MAX".into());
+    }
+    Ok((a, b))
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
     let cli = Cli::parse();
-    let result = match cli.command {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SWARM_LOG").unwrap_or_else(|_| "warn,swarm=info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let result = run(cli).await;
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("Error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let client = || client::Client::from_host(cli.host.as_deref());
+    match cli.command {
+        Command::Daemon {
+            data_dir,
+            socket,
+            hostname,
+            election_timeout,
+            raft_heartbeat,
+        } => {
+            let socket = socket
+                .or_else(|| {
+                    cli.host
+                        .as_deref()
+                        .map(|h| PathBuf::from(h.trim_start_matches("unix://")))
+                })
+                .unwrap_or_else(client::default_socket);
+            let args = node::DaemonArgs {
+                data_dir: data_dir.unwrap_or_else(client::default_data_dir),
+                socket,
+                hostname,
+                election_timeout_ms: election_timeout,
+                raft_heartbeat_ms: raft_heartbeat,
+            };
+            node::daemon(args).await
+        }
+        Command::Init {
+            advertise_addr,
+            listen_addr,
+            force_new_cluster,
+        } => {
+            let req = swarm_reconciler::wire::InitRequest {
+                advertise_addr,
+                listen_addr: Some(listen_addr),
+                force_new_cluster,
+            };
+            node::init(&client()?, req).await
+        }
+        Command::Join {
+            token,
+            advertise_addr,
+            listen_addr,
+            remote,
+        } => {
+            let req = swarm_reconciler::wire::JoinRequest {
+                token,
+                remote_addr: remote,
+                advertise_addr,
+                listen_addr: Some(listen_addr),
+            };
+            node::join(&client()?, req).await
+        }
+        Command::JoinToken { role, quiet, rotate } => node::join_token(&client()?, &role, quiet, rotate).await,
+        Command::Leave { force } => node::leave(&client()?, force).await,
+        Command::Info { json } => node::info(&client()?, json).await,
+        Command::Node(cmd) => {
+            let c = client()?;
+            match cmd {
+                NodeCommand::Ls { quiet } => node::node_ls(&c, quiet).await,
+                NodeCommand::Inspect { nodes, pretty } => node::node_inspect(&c, &nodes, pretty).await,
+                NodeCommand::Promote { nodes } => node::node_promote_demote(&c, &nodes, true).await,
+                NodeCommand::Demote { nodes } => node::node_promote_demote(&c, &nodes, false).await,
+                NodeCommand::Rm { nodes, force } => node::node_rm(&c, &nodes, force).await,
+                NodeCommand::Update {
+                    availability,
+                    label_add,
+                    label_rm,
+                    node: id,
+                } => {
+                    let update = swarm_reconciler::wire::NodeUpdate {
+                        availability,
+                        label_add,
+                        label_rm,
+                    };
+                    node::node_update(&c, &id, update).await
+                }
+            }
+        }
         Command::Validate { stack, quiet } => stackfile::validate(&stack, quiet),
         Command::Config { stack, normalized } => stackfile::config(&stack, normalized),
         Command::Schema => stackfile::schema(),
@@ -109,13 +335,6 @@ fn main() -> ExitCode {
                 out,
             };
             stackfile::plan(&stack, &opts)
-        }
-    };
-    match result {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            ExitCode::from(1)
         }
     }
 }

@@ -1,6 +1,21 @@
 //! swarm-reconciler: the manager — it decides what the cluster should do and drives it there.
 //!
 //! Decisions are pure functions of values (see the design's rules); I/O stays at the edges. Modules:
-//! - [`plan`] compares a desired stack with the current one and says what applying it would change.
+//! - [`plan`] compares a desired stack with the current one and says what applying it would change;
+//! - [`store`] is the Raft log and state machine on redb, the only source of truth, with a watch stream;
+//! - [`ca`] and [`tls`] are the cluster's PKI (root CA, node certificates, join tokens) and mutual TLS;
+//! - [`cluster`] holds the cluster's own objects (the cluster record, nodes);
+//! - [`manager`] is one manager: writes through the leader, quorum errors, heartbeats, membership changes;
+//! - [`raftnet`] carries Raft RPCs between managers; [`api`] serves the HTTP routes; [`wire`] their bodies;
+//! - [`daemon`] is `swarm daemon`: the node process that runs the roles and survives restarts.
 
+pub mod api;
+pub mod ca;
+pub mod cluster;
+pub mod daemon;
+pub mod manager;
 pub mod plan;
+pub mod raftnet;
+pub mod store;
+pub mod tls;
+pub mod wire;

@@ -1,0 +1,342 @@
+//! HTTP routes: the manager API over mutual TLS (Raft, joins, heartbeats, cluster commands) and the local API on
+//! the daemon's unix socket (init, join, leave, info, and the same cluster commands).
+
+use std::sync::Arc;
+
+use axum::extract::Path;
+use axum::extract::Query;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::response::Response;
+use axum::routing::delete;
+use axum::routing::get;
+use axum::routing::post;
+use axum::Extension;
+use axum::Json;
+use axum::Router;
+use serde::Deserialize;
+
+use crate::ca::Role;
+use crate::daemon::Daemon;
+use crate::daemon::DaemonError;
+use crate::manager::ManagerError;
+use crate::store::typ;
+use crate::store::Request;
+use crate::tls::LocalClient;
+use crate::tls::PeerIdentity;
+use crate::wire::*;
+
+type Peer = Extension<Option<PeerIdentity>>;
+type Local = Option<Extension<LocalClient>>;
+
+impl IntoResponse for DaemonError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            DaemonError::Refused(_) => StatusCode::BAD_REQUEST,
+            DaemonError::NotFound(_) => StatusCode::NOT_FOUND,
+            DaemonError::Manager(ManagerError::NoQuorum { .. }) => StatusCode::SERVICE_UNAVAILABLE,
+            DaemonError::Manager(_) => StatusCode::SERVICE_UNAVAILABLE,
+            DaemonError::Remote(_) => StatusCode::BAD_GATEWAY,
+            DaemonError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        (
+            status,
+            Json(ApiError {
+                message: self.to_string(),
+            }),
+        )
+            .into_response()
+    }
+}
+
+fn forbidden(message: &str) -> DaemonError {
+    DaemonError::Refused(message.to_string())
+}
+
+/// The caller must present a certificate of this cluster (any role).
+fn node(peer: &Option<PeerIdentity>) -> Result<&PeerIdentity, DaemonError> {
+    peer.as_ref()
+        .ok_or_else(|| forbidden("this endpoint needs a node certificate of this swarm"))
+}
+
+/// The caller must be a manager (by certificate).
+fn manager_peer(peer: &Option<PeerIdentity>) -> Result<&PeerIdentity, DaemonError> {
+    match peer {
+        Some(p) if p.role == Role::Manager => Ok(p),
+        Some(_) => Err(forbidden(
+            "this endpoint is for managers; a worker certificate was presented",
+        )),
+        None => Err(forbidden("this endpoint needs a manager certificate of this swarm")),
+    }
+}
+
+/// Cluster commands: from the local socket, or remotely with a manager certificate.
+fn operator(peer: &Option<PeerIdentity>, local: &Local) -> Result<(), DaemonError> {
+    if local.is_some() {
+        return Ok(());
+    }
+    manager_peer(peer).map(|_| ())
+}
+
+/// Routes served over TLS by every manager.
+pub fn cluster_router(daemon: Arc<Daemon>) -> Router {
+    Router::new()
+        .route("/raft/append", post(raft_append))
+        .route("/raft/vote", post(raft_vote))
+        .route("/raft/snapshot", post(raft_snapshot))
+        .route("/v1/ping", get(|| async { "ok" }))
+        .route("/v1/ca", get(ca))
+        .route("/v1/join", post(admit))
+        .route("/v1/managers/attach", post(attach))
+        .route("/v1/heartbeat", post(heartbeat))
+        .route("/v1/internal/heartbeat", post(forwarded_heartbeat))
+        .route("/v1/internal/write", post(internal_write))
+        .route("/v1/certs/renew", post(renew))
+        .route("/v1/leave", post(node_left))
+        .merge(operator_routes())
+        .with_state(daemon)
+}
+
+/// Routes served on the daemon's unix socket.
+pub fn local_router(daemon: Arc<Daemon>) -> Router {
+    Router::new()
+        .route("/v1/ping", get(|| async { "ok" }))
+        .route("/v1/info", get(info))
+        .route("/v1/init", post(init))
+        .route("/v1/join-cluster", post(join))
+        .route("/v1/leave-cluster", post(leave))
+        .merge(operator_routes())
+        .with_state(daemon)
+}
+
+fn operator_routes() -> Router<Arc<Daemon>> {
+    Router::new()
+        .route("/v1/nodes", get(list_nodes))
+        .route("/v1/nodes/{id}", get(inspect_node))
+        .route("/v1/nodes/{id}", delete(remove_node))
+        .route("/v1/nodes/{id}/update", post(update_node))
+        .route("/v1/nodes/{id}/promote", post(promote))
+        .route("/v1/nodes/{id}/demote", post(demote))
+        .route("/v1/join-token/{role}", get(join_token))
+}
+
+type ApiResult<T> = Result<Json<T>, DaemonError>;
+
+async fn raft_append(
+    State(d): State<Arc<Daemon>>,
+    Extension(peer): Peer,
+    Json(req): Json<openraft::raft::AppendEntriesRequest<crate::store::TypeConfig>>,
+) -> Result<Json<Result<openraft::raft::AppendEntriesResponse<u64>, typ::RaftError>>, DaemonError> {
+    manager_peer(&peer)?;
+    let m = d.require_manager()?;
+    Ok(Json(m.raft.append_entries(req).await))
+}
+
+async fn raft_vote(
+    State(d): State<Arc<Daemon>>,
+    Extension(peer): Peer,
+    Json(req): Json<openraft::raft::VoteRequest<u64>>,
+) -> Result<Json<Result<openraft::raft::VoteResponse<u64>, typ::RaftError>>, DaemonError> {
+    manager_peer(&peer)?;
+    let m = d.require_manager()?;
+    Ok(Json(m.raft.vote(req).await))
+}
+
+async fn raft_snapshot(
+    State(d): State<Arc<Daemon>>,
+    Extension(peer): Peer,
+    Json(req): Json<openraft::raft::InstallSnapshotRequest<crate::store::TypeConfig>>,
+) -> Result<
+    Json<Result<openraft::raft::InstallSnapshotResponse<u64>, typ::RaftError<openraft::error::InstallSnapshotError>>>,
+    DaemonError,
+> {
+    manager_peer(&peer)?;
+    let m = d.require_manager()?;
+    Ok(Json(m.raft.install_snapshot(req).await))
+}
+
+async fn ca(State(d): State<Arc<Daemon>>) -> Result<String, DaemonError> {
+    let m = d.require_manager()?;
+    m.cluster()
+        .map(|c| c.ca_cert_pem)
+        .ok_or_else(|| DaemonError::Refused("the cluster is not initialized".into()))
+}
+
+async fn admit(State(d): State<Arc<Daemon>>, Json(req): Json<AdmissionRequest>) -> ApiResult<Admission> {
+    d.admit(req).await.map(Json)
+}
+
+async fn attach(
+    State(d): State<Arc<Daemon>>,
+    Extension(peer): Peer,
+    Json(req): Json<AttachRequest>,
+) -> ApiResult<Empty> {
+    let caller = manager_peer(&peer)?.clone();
+    d.attach(&caller, req).await.map(|_| Json(Empty {}))
+}
+
+async fn heartbeat(
+    State(d): State<Arc<Daemon>>,
+    Extension(peer): Peer,
+    Json(req): Json<HeartbeatRequest>,
+) -> ApiResult<HeartbeatResponse> {
+    let caller = node(&peer)?.clone();
+    d.heartbeat(&caller, req).await.map(Json)
+}
+
+async fn forwarded_heartbeat(
+    State(d): State<Arc<Daemon>>,
+    Extension(peer): Peer,
+    Json(req): Json<ForwardedHeartbeat>,
+) -> ApiResult<Empty> {
+    manager_peer(&peer)?;
+    let m = d.require_manager()?;
+    if !m.is_leader() {
+        return Err(DaemonError::Manager(ManagerError::Rejected("not the leader".into())));
+    }
+    let role = m.node(&req.node_id).map(|(n, _)| n.role).unwrap_or(Role::Worker);
+    d.heartbeat(
+        &PeerIdentity {
+            node_id: req.node_id,
+            role,
+        },
+        req.request,
+    )
+    .await
+    .map(|_| Json(Empty {}))
+}
+
+async fn internal_write(
+    State(d): State<Arc<Daemon>>,
+    Extension(peer): Peer,
+    Json(req): Json<Request>,
+) -> ApiResult<crate::store::Response> {
+    manager_peer(&peer)?;
+    let m = d.require_manager()?;
+    match m.raft.client_write(req).await {
+        Ok(r) => Ok(Json(r.data)),
+        Err(e) => Err(DaemonError::Manager(ManagerError::Raft(e.to_string()))),
+    }
+}
+
+async fn renew(
+    State(d): State<Arc<Daemon>>,
+    Extension(peer): Peer,
+    Json(req): Json<RenewRequest>,
+) -> ApiResult<Renewal> {
+    let caller = node(&peer)?.clone();
+    d.renew(&caller, req).map(Json)
+}
+
+async fn node_left(State(d): State<Arc<Daemon>>, Extension(peer): Peer) -> ApiResult<Empty> {
+    let caller = node(&peer)?.clone();
+    d.node_left(&caller).await.map(|_| Json(Empty {}))
+}
+
+async fn info(State(d): State<Arc<Daemon>>) -> Json<Info> {
+    Json(d.info())
+}
+
+async fn init(State(d): State<Arc<Daemon>>, Json(req): Json<InitRequest>) -> ApiResult<InitResponse> {
+    d.init(req).await.map(Json)
+}
+
+async fn join(State(d): State<Arc<Daemon>>, Json(req): Json<JoinRequest>) -> ApiResult<JoinResponse> {
+    d.join(req).await.map(Json)
+}
+
+async fn leave(State(d): State<Arc<Daemon>>, Json(req): Json<LeaveRequest>) -> ApiResult<Empty> {
+    d.leave(req.force).await.map(|_| Json(Empty {}))
+}
+
+async fn list_nodes(State(d): State<Arc<Daemon>>, Extension(peer): Peer, local: Local) -> ApiResult<NodeList> {
+    operator(&peer, &local)?;
+    d.list_nodes().map(Json)
+}
+
+async fn inspect_node(
+    State(d): State<Arc<Daemon>>,
+    Extension(peer): Peer,
+    local: Local,
+    Path(id): Path<String>,
+) -> ApiResult<crate::cluster::Node> {
+    operator(&peer, &local)?;
+    d.inspect_node(&id).map(Json)
+}
+
+#[derive(Deserialize)]
+struct Force {
+    #[serde(default)]
+    force: bool,
+}
+
+async fn remove_node(
+    State(d): State<Arc<Daemon>>,
+    Extension(peer): Peer,
+    local: Local,
+    Path(id): Path<String>,
+    Query(q): Query<Force>,
+) -> ApiResult<Message> {
+    operator(&peer, &local)?;
+    d.remove_node(&id, q.force)
+        .await
+        .map(|message| Json(Message { message }))
+}
+
+async fn update_node(
+    State(d): State<Arc<Daemon>>,
+    Extension(peer): Peer,
+    local: Local,
+    Path(id): Path<String>,
+    Json(req): Json<NodeUpdate>,
+) -> ApiResult<crate::cluster::Node> {
+    operator(&peer, &local)?;
+    d.update_node(&id, req).await.map(Json)
+}
+
+async fn promote(
+    State(d): State<Arc<Daemon>>,
+    Extension(peer): Peer,
+    local: Local,
+    Path(id): Path<String>,
+) -> ApiResult<Message> {
+    operator(&peer, &local)?;
+    d.promote(&id).await.map(|message| Json(Message { message }))
+}
+
+async fn demote(
+    State(d): State<Arc<Daemon>>,
+    Extension(peer): Peer,
+    local: Local,
+    Path(id): Path<String>,
+) -> ApiResult<Message> {
+    operator(&peer, &local)?;
+    d.demote(&id).await.map(|message| Json(Message { message }))
+}
+
+#[derive(Deserialize)]
+struct Rotate {
+    #[serde(default)]
+    rotate: bool,
+}
+
+async fn join_token(
+    State(d): State<Arc<Daemon>>,
+    Extension(peer): Peer,
+    local: Local,
+    Path(role): Path<String>,
+    Query(q): Query<Rotate>,
+) -> ApiResult<Token> {
+    operator(&peer, &local)?;
+    let role = match role.as_str() {
+        "worker" => Role::Worker,
+        "manager" => Role::Manager,
+        other => {
+            return Err(DaemonError::Refused(format!(
+                "unknown role {other:?}: use worker or manager"
+            )))
+        }
+    };
+    d.join_token(role, q.rotate).await.map(|token| Json(Token { token }))
+}

@@ -1,0 +1,389 @@
+//! A manager: its Raft member, writes (forwarded to the leader, refused clearly without quorum), heartbeats and
+//! the leader's node monitor, and Raft membership changes.
+
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+use std::time::Instant;
+
+use openraft::error::ClientWriteError;
+use openraft::error::RaftError;
+use openraft::ServerState;
+
+use crate::ca::Role;
+use crate::cluster::now_millis;
+use crate::cluster::Cluster;
+use crate::cluster::Node;
+use crate::cluster::NodeStatus;
+use crate::cluster::CLUSTER_KEY;
+use crate::raftnet::Network;
+use crate::raftnet::PeerClient;
+use crate::store;
+use crate::store::typ;
+use crate::store::NodeId;
+use crate::store::Peer;
+use crate::store::Request;
+use crate::store::Response;
+use crate::store::StateMachineStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    #[error(
+        "cluster has no quorum: {reachable} of {total} managers reachable; writes are refused until a majority ({needed}) \
+         is back. Restart the missing managers, or if they are lost for good run `swarm init --force-new-cluster` on a \
+         surviving manager (it keeps the data)"
+    )]
+    NoQuorum {
+        reachable: usize,
+        total: usize,
+        needed: usize,
+    },
+    #[error("write was rejected: {0}")]
+    Rejected(String),
+    #[error("the store could not be opened: {0}")]
+    Store(String),
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+/// Tunables of a manager; tests shorten them.
+#[derive(Debug, Clone)]
+pub struct ManagerConfig {
+    /// How long a write may wait for a leader and a quorum before it is refused.
+    pub write_timeout: Duration,
+    pub raft: openraft::Config,
+}
+
+impl Default for ManagerConfig {
+    fn default() -> Self {
+        ManagerConfig {
+            write_timeout: Duration::from_secs(3),
+            raft: store::default_raft_config(),
+        }
+    }
+}
+
+pub struct Manager {
+    pub raft: typ::Raft,
+    pub sm: StateMachineStore,
+    pub raft_id: NodeId,
+    pub node_id: String,
+    pub client: PeerClient,
+    config: ManagerConfig,
+    /// Leader only: when each node was last heard from. Not replicated (rule 1's exception).
+    heartbeats: Mutex<HashMap<String, Instant>>,
+    /// Leader only: since when this manager leads (nodes get a full grace period after a leader change).
+    leader_since: Mutex<Option<Instant>>,
+}
+
+impl Manager {
+    /// Opens the store under `dir` and starts this manager's Raft member (not yet part of any membership).
+    pub async fn start(
+        dir: &Path,
+        raft_id: NodeId,
+        node_id: &str,
+        client: PeerClient,
+        config: ManagerConfig,
+    ) -> Result<Arc<Manager>, ManagerError> {
+        let stores = store::open(dir).map_err(|e| ManagerError::Store(e.to_string()))?;
+        let sm = stores.state_machine.clone();
+        let raft_config = Arc::new(
+            config
+                .raft
+                .clone()
+                .validate()
+                .map_err(|e| ManagerError::Raft(e.to_string()))?,
+        );
+        let network = Network { client: client.clone() };
+        let raft = openraft::Raft::new(raft_id, raft_config, network, stores.log, stores.state_machine)
+            .await
+            .map_err(|e| ManagerError::Raft(e.to_string()))?;
+        Ok(Arc::new(Manager {
+            raft,
+            sm,
+            raft_id,
+            node_id: node_id.to_string(),
+            client,
+            config,
+            heartbeats: Mutex::new(HashMap::new()),
+            leader_since: Mutex::new(None),
+        }))
+    }
+
+    /// Makes this manager the only member of a new cluster.
+    pub async fn initialize(&self, me: Peer) -> Result<(), ManagerError> {
+        let members = BTreeMap::from([(self.raft_id, me)]);
+        self.raft
+            .initialize(members)
+            .await
+            .map_err(|e| ManagerError::Raft(e.to_string()))
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.raft.metrics().borrow().current_leader == Some(self.raft_id)
+    }
+
+    /// The current leader as this manager knows it.
+    pub fn leader(&self) -> Option<(NodeId, Peer)> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let id = metrics.current_leader?;
+        let peer = metrics.membership_config.membership().get_node(&id).cloned()?;
+        Some((id, peer))
+    }
+
+    /// Voting members and their addresses.
+    pub fn voters(&self) -> Vec<(NodeId, Peer)> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        membership
+            .voter_ids()
+            .filter_map(|id| membership.get_node(&id).map(|p| (id, p.clone())))
+            .collect()
+    }
+
+    pub fn cluster(&self) -> Option<Cluster> {
+        store::get::<Cluster>(&self.sm, CLUSTER_KEY).map(|(c, _)| c)
+    }
+
+    pub fn nodes(&self) -> Vec<Node> {
+        store::list::<Node>(&self.sm).into_iter().map(|(n, _)| n).collect()
+    }
+
+    pub fn node(&self, id: &str) -> Option<(Node, u64)> {
+        store::get::<Node>(&self.sm, id)
+    }
+
+    /// Commits `request` through the leader, wherever it is; fails within `write_timeout` without quorum.
+    pub async fn write(&self, request: Request) -> Result<Response, ManagerError> {
+        let deadline = Instant::now() + self.config.write_timeout;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(self.no_quorum().await);
+            }
+            let attempt = if self.is_leader() && !self.quorum_acked() {
+                // A leader that has not heard from a majority lately must not append: the entry could commit
+                // later, after the caller was told it failed. Wait for acks (or a new leader) until the deadline.
+                None
+            } else if self.is_leader() {
+                match tokio::time::timeout(remaining, self.raft.client_write(request.clone())).await {
+                    Ok(Ok(response)) => return Ok(response.data),
+                    Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => None,
+                    Ok(Err(e)) => return Err(ManagerError::Raft(e.to_string())),
+                    Err(_) => return Err(self.no_quorum().await),
+                }
+            } else if let Some((_, leader)) = self.leader() {
+                self.forward_write(&leader, &request, remaining).await
+            } else {
+                None
+            };
+            if let Some(response) = attempt {
+                return Ok(response);
+            }
+            // No leader yet, or it did not answer: wait for the next election result.
+            let wait = remaining.min(Duration::from_millis(50));
+            let _ = self
+                .raft
+                .wait(Some(wait))
+                .metrics(|m| m.current_leader.is_some(), "leader")
+                .await;
+            tokio::time::sleep(Duration::from_millis(10).min(remaining)).await;
+        }
+    }
+
+    /// Whether a majority acknowledged this leader recently (always true for a single manager).
+    fn quorum_acked(&self) -> bool {
+        let metrics = self.raft.metrics().borrow().clone();
+        if metrics.membership_config.membership().voter_ids().count() <= 1 {
+            return true;
+        }
+        let stale_after = (self.config.raft.election_timeout_max * 2).max(500);
+        metrics.millis_since_quorum_ack.is_some_and(|ms| ms <= stale_after)
+    }
+
+    async fn forward_write(&self, leader: &Peer, request: &Request, timeout: Duration) -> Option<Response> {
+        let url = format!("https://{}/v1/internal/write", leader.addr);
+        let response = self
+            .client
+            .get()
+            .post(url)
+            .json(request)
+            .timeout(timeout)
+            .send()
+            .await
+            .ok()?;
+        if !response.status().is_success() {
+            return None;
+        }
+        response.json::<Response>().await.ok()
+    }
+
+    /// Counts the managers that answer now, to say how far from quorum the cluster is.
+    async fn no_quorum(&self) -> ManagerError {
+        let voters = self.voters();
+        let total = voters.len().max(1);
+        let mut reachable = 0;
+        for (id, peer) in &voters {
+            if *id == self.raft_id {
+                reachable += 1;
+                continue;
+            }
+            let url = format!("https://{}/v1/ping", peer.addr);
+            let ok = self
+                .client
+                .get()
+                .get(url)
+                .timeout(Duration::from_millis(300))
+                .send()
+                .await;
+            if ok.is_ok_and(|r| r.status().is_success()) {
+                reachable += 1;
+            }
+        }
+        ManagerError::NoQuorum {
+            reachable,
+            total,
+            needed: total / 2 + 1,
+        }
+    }
+
+    /// Adds a manager to the Raft membership: as a learner until it has caught up, then as a voter.
+    pub async fn add_manager(&self, raft_id: NodeId, peer: Peer) -> Result<(), ManagerError> {
+        self.raft
+            .add_learner(raft_id, peer, true)
+            .await
+            .map_err(|e| ManagerError::Raft(e.to_string()))?;
+        let mut voters: BTreeSet<NodeId> = self.voters().into_iter().map(|(id, _)| id).collect();
+        voters.insert(raft_id);
+        self.raft
+            .change_membership(voters, false)
+            .await
+            .map_err(|e| ManagerError::Raft(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Removes a manager from the Raft membership (the leader steps down when it removes itself).
+    pub async fn remove_manager(&self, raft_id: NodeId) -> Result<(), ManagerError> {
+        let voters: BTreeSet<NodeId> = self
+            .voters()
+            .into_iter()
+            .map(|(id, _)| id)
+            .filter(|id| *id != raft_id)
+            .collect();
+        if voters.is_empty() {
+            return Err(ManagerError::Rejected("cannot remove the last manager".into()));
+        }
+        self.raft
+            .change_membership(voters, false)
+            .await
+            .map_err(|e| ManagerError::Raft(e.to_string()))?;
+        Ok(())
+    }
+
+    /// Leader only: a node reported in. Writes only the transition to Ready.
+    pub async fn heartbeat(&self, node_id: &str) -> Result<(), ManagerError> {
+        if let Ok(mut beats) = self.heartbeats.lock() {
+            beats.insert(node_id.to_string(), Instant::now());
+        }
+        if let Some((mut node, revision)) = self.node(node_id) {
+            if node.status != NodeStatus::Ready {
+                node.status = NodeStatus::Ready;
+                node.status_message = String::new();
+                node.updated_at = now_millis();
+                self.write(guarded_put(&node, revision)).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Leader only: marks nodes Down whose heartbeats stopped for longer than the grace. Returns the ones marked.
+    pub async fn check_heartbeats(&self) -> Result<Vec<String>, ManagerError> {
+        let now = Instant::now();
+        let Some(since) = self.leader_since() else {
+            return Ok(vec![]);
+        };
+        let settings = self.cluster().map(|c| c.settings).unwrap_or_default();
+        let grace = Duration::from_millis(settings.heartbeat_period_ms * u64::from(settings.heartbeat_grace.max(1)));
+        let beats = self.heartbeats.lock().map(|b| b.clone()).unwrap_or_default();
+        let mut marked = Vec::new();
+        for (node, revision) in store::list::<Node>(&self.sm) {
+            if node.status == NodeStatus::Down || node.id == self.node_id {
+                continue;
+            }
+            let last = beats.get(&node.id).copied().unwrap_or(since).max(since);
+            if now.duration_since(last) > grace {
+                let mut down = node.clone();
+                down.status = NodeStatus::Down;
+                down.status_message = "heartbeat failure".into();
+                down.updated_at = now_millis();
+                self.write(guarded_put(&down, revision)).await?;
+                marked.push(node.id);
+            }
+        }
+        Ok(marked)
+    }
+
+    fn leader_since(&self) -> Option<Instant> {
+        self.leader_since.lock().ok().and_then(|s| *s)
+    }
+
+    /// Runs the leader's duties until the manager shuts down: tracks leadership and checks heartbeats.
+    pub async fn run_leader_duties(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let mut metrics = self.raft.metrics();
+        loop {
+            let leading = metrics.borrow().state == ServerState::Leader;
+            if let Ok(mut since) = self.leader_since.lock() {
+                match (leading, since.is_some()) {
+                    (true, false) => *since = Some(Instant::now()),
+                    (false, true) => *since = None,
+                    _ => {}
+                }
+            }
+            if leading {
+                if let Err(e) = self.check_heartbeats().await {
+                    tracing::debug!("heartbeat check: {e}");
+                }
+            }
+            let period = self.cluster().map(|c| c.settings.heartbeat_period_ms).unwrap_or(1_000);
+            let tick = Duration::from_millis((period / 4).clamp(20, 250));
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = metrics.changed() => {}
+                _ = tokio::time::sleep(tick) => {}
+            }
+            if *shutdown.borrow() {
+                return;
+            }
+        }
+    }
+
+    pub async fn shutdown(&self) {
+        let _ = self.raft.shutdown().await;
+    }
+}
+
+/// A put that fails if someone else changed the object since it was read.
+pub fn guarded_put<T: store::Object>(obj: &T, revision: u64) -> Request {
+    Request {
+        guards: vec![store::Guard::Revision {
+            table: T::TABLE.to_string(),
+            key: obj.key(),
+            revision,
+        }],
+        ops: vec![store::put(obj)],
+    }
+}
+
+/// Role as Docker prints it in `node ls`'s MANAGER STATUS column.
+pub fn manager_status(node: &Node, leader_node_id: Option<&str>) -> &'static str {
+    match node.role {
+        Role::Worker => "",
+        Role::Manager if Some(node.id.as_str()) == leader_node_id => "Leader",
+        Role::Manager if node.status == NodeStatus::Down => "Unreachable",
+        Role::Manager => "Reachable",
+    }
+}

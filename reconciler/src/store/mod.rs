@@ -1,0 +1,207 @@
+//! The manager's Raft store: openraft types, the redb-backed log and state machine, snapshots and the watch stream.
+//!
+//! Everything lives in one redb file, `<dir>/raft.redb`, and every write is fsynced before it returns:
+//! - the Raft log ([`LogStore`]): entries keyed by index, plus the vote, the committed and the purged log id;
+//! - the state machine ([`StateMachineStore`]): generic tables of JSON values, each key with its *mod revision*
+//!   (the log index of the entry that last wrote it), the last applied log id and membership, and the current
+//!   snapshot so a restarted manager can serve it.
+//!
+//! A write is a [`Request`]: guards checked against the state before the entry, then ops that all apply or none
+//! do. Readers use [`StateMachineStore::get`] / [`StateMachineStore::list`] (or the typed [`get`] / [`list`]) and
+//! follow changes with [`StateMachineStore::subscribe`].
+
+mod error;
+mod log;
+mod state_machine;
+#[doc(hidden)]
+pub mod testing;
+#[cfg(test)]
+mod tests;
+mod types;
+
+use std::io::Cursor;
+use std::path::Path;
+use std::sync::Arc;
+
+pub use self::error::StoreError;
+pub use self::log::LogStore;
+pub use self::state_machine::StateMachineStore;
+pub use self::types::Change;
+pub use self::types::Committed;
+pub use self::types::Guard;
+pub use self::types::Op;
+pub use self::types::Peer;
+pub use self::types::Request;
+pub use self::types::Response;
+
+/// A manager's Raft id. Stable for the life of the manager; the swarm node id ([`Peer::node_id`]) is the name users
+/// see.
+pub type NodeId = u64;
+
+openraft::declare_raft_types!(
+    /// The Raft type plumbing for the manager store.
+    pub TypeConfig:
+        D = Request,
+        R = Response,
+        NodeId = NodeId,
+        Node = Peer,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+/// Short aliases for openraft's generic types, instantiated for [`TypeConfig`].
+pub mod typ {
+    use super::NodeId;
+    use super::Peer;
+    use super::TypeConfig;
+
+    pub type Raft = openraft::Raft<TypeConfig>;
+    pub type Entry = openraft::Entry<TypeConfig>;
+    pub type EntryPayload = openraft::EntryPayload<TypeConfig>;
+    pub type LogId = openraft::LogId<NodeId>;
+    pub type LogState = openraft::LogState<TypeConfig>;
+    pub type Vote = openraft::Vote<NodeId>;
+    pub type Membership = openraft::Membership<NodeId, Peer>;
+    pub type StoredMembership = openraft::StoredMembership<NodeId, Peer>;
+    pub type Snapshot = openraft::Snapshot<TypeConfig>;
+    pub type SnapshotMeta = openraft::SnapshotMeta<NodeId, Peer>;
+    pub type RaftMetrics = openraft::RaftMetrics<NodeId, Peer>;
+    pub type StorageError = openraft::StorageError<NodeId>;
+    pub type StorageIOError = openraft::StorageIOError<NodeId>;
+
+    pub type RaftError<E = openraft::error::Infallible> = openraft::error::RaftError<NodeId, E>;
+    pub type RPCError<E = openraft::error::Infallible> = openraft::error::RPCError<NodeId, Peer, RaftError<E>>;
+    pub type Fatal = openraft::error::Fatal<NodeId>;
+    pub type ClientWriteError = openraft::error::ClientWriteError<NodeId, Peer>;
+    pub type ClientWriteResponse = openraft::raft::ClientWriteResponse<TypeConfig>;
+    pub type CheckIsLeaderError = openraft::error::CheckIsLeaderError<NodeId, Peer>;
+    pub type ForwardToLeader = openraft::error::ForwardToLeader<NodeId, Peer>;
+    pub type InitializeError = openraft::error::InitializeError<NodeId, Peer>;
+    pub type ChangeMembershipError = openraft::error::ChangeMembershipError<NodeId>;
+    pub type InstallSnapshotError = openraft::error::InstallSnapshotError;
+
+    pub type AppendEntriesRequest = openraft::raft::AppendEntriesRequest<TypeConfig>;
+    pub type AppendEntriesResponse = openraft::raft::AppendEntriesResponse<NodeId>;
+    pub type VoteRequest = openraft::raft::VoteRequest<NodeId>;
+    pub type VoteResponse = openraft::raft::VoteResponse<NodeId>;
+    pub type InstallSnapshotRequest = openraft::raft::InstallSnapshotRequest<TypeConfig>;
+    pub type InstallSnapshotResponse = openraft::raft::InstallSnapshotResponse<NodeId>;
+}
+
+/// The log store and the state machine of one manager, sharing one redb file.
+pub struct Stores {
+    pub log: LogStore,
+    pub state_machine: StateMachineStore,
+}
+
+/// Opens (creating if needed) `<dir>/raft.redb`: log, vote, committed, purged, state machine and the current
+/// snapshot in one redb file; every write is durable (fsync) before it returns.
+///
+/// The file is locked while the returned stores (or any clone, or a `Raft` holding them) are alive; a second
+/// `open` of the same directory fails with [`StoreError::Open`].
+pub fn open(dir: &Path) -> Result<Stores, StoreError> {
+    std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let path = dir.join("raft.redb");
+    let db = redb::Database::create(&path).map_err(|source| StoreError::Open { path, source })?;
+    let db = Arc::new(db);
+    log::create_tables(&db)?;
+    state_machine::create_tables(&db)?;
+    Ok(Stores {
+        log: LogStore::new(db.clone()),
+        state_machine: StateMachineStore::load(db)?,
+    })
+}
+
+/// The Raft timing and snapshot policy. Call [`openraft::Config::validate`] on the result before starting a node:
+/// it rejects an election timeout that is not above the heartbeat or an empty election range.
+///
+/// `snapshot_every` is the number of log entries between snapshots; after a snapshot, the last 1,000 entries
+/// (or `snapshot_every`, if smaller) stay in the log so a slightly lagging follower catches up from the log, not
+/// from a full snapshot.
+pub fn raft_config(
+    snapshot_every: u64,
+    heartbeat_ms: u64,
+    election_min_ms: u64,
+    election_max_ms: u64,
+) -> openraft::Config {
+    let snapshot_every = snapshot_every.max(1);
+    openraft::Config {
+        cluster_name: "swarm".to_string(),
+        heartbeat_interval: heartbeat_ms,
+        election_timeout_min: election_min_ms,
+        election_timeout_max: election_max_ms,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(snapshot_every),
+        max_in_snapshot_log_to_keep: snapshot_every.min(1000),
+        // A follower further behind than this is caught up by snapshot; keep it above the snapshot interval.
+        replication_lag_threshold: snapshot_every.saturating_mul(2),
+        ..Default::default()
+    }
+}
+
+/// Snapshot every 10,000 entries, heartbeat 50 ms, election timeout 150–300 ms.
+pub fn default_raft_config() -> openraft::Config {
+    raft_config(10_000, 50, 150, 300)
+}
+
+/// Typed access: an object lives in one table under one key.
+pub trait Object: serde::Serialize + serde::de::DeserializeOwned {
+    const TABLE: &'static str;
+    fn key(&self) -> String;
+}
+
+/// The object stored under `key` and its mod revision. A stored value that does not deserialize as `T` is
+/// logged (table, key and the kind of error — never the value) and treated as absent.
+pub fn get<T: Object>(sm: &StateMachineStore, key: &str) -> Option<(T, u64)> {
+    let (value, revision) = sm.get(T::TABLE, key)?;
+    decode(key, value).map(|object| (object, revision))
+}
+
+/// Every object of type `T`, sorted by key, each with its mod revision. Values that do not deserialize are
+/// logged and skipped.
+pub fn list<T: Object>(sm: &StateMachineStore) -> Vec<(T, u64)> {
+    sm.list(T::TABLE)
+        .into_iter()
+        .filter_map(|(key, value, revision)| decode(&key, value).map(|object| (object, revision)))
+        .collect()
+}
+
+/// An op that stores `obj` under its key.
+///
+/// # Panics
+/// If `T`'s `Serialize` fails, which derived impls only do for maps with non-scalar keys; use [`try_put`] for a
+/// type that can.
+pub fn put<T: Object>(obj: &T) -> Op {
+    try_put(obj).expect("an Object type serializes to JSON (derived Serialize, scalar map keys)")
+}
+
+/// An op that stores `obj` under its key, or the serialization error.
+pub fn try_put<T: Object>(obj: &T) -> Result<Op, serde_json::Error> {
+    Ok(Op::Put {
+        table: T::TABLE.to_string(),
+        key: obj.key(),
+        value: serde_json::to_value(obj)?,
+    })
+}
+
+/// An op that deletes the object of type `T` stored under `key` (nothing if there is none).
+pub fn delete<T: Object>(key: &str) -> Op {
+    Op::Delete {
+        table: T::TABLE.to_string(),
+        key: key.to_string(),
+    }
+}
+
+fn decode<T: Object>(key: &str, value: serde_json::Value) -> Option<T> {
+    match serde_json::from_value(value) {
+        Ok(object) => Some(object),
+        Err(e) => {
+            // The error text can quote the value (a secret, maybe): log only where it is and what kind of error.
+            tracing::warn!(table = T::TABLE, key, kind = ?e.classify(), "stored value does not decode; skipped");
+            None
+        }
+    }
+}
