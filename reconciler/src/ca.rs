@@ -401,6 +401,14 @@ pub fn inspect_cert(cert_pem: &str) -> Result<CertInfo, CaError> {
     inspect_cert_der(&der)
 }
 
+/// When any certificate (a node's or the CA's) stops being valid.
+pub fn expiry(cert_pem: &str) -> Result<SystemTime, CaError> {
+    let der = first_pem_block(cert_pem, "CERTIFICATE").map_err(CaError::InvalidCert)?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der)
+        .map_err(|_| CaError::InvalidCert("it is not a valid X.509 certificate".to_string()))?;
+    Ok(system_time(cert.validity().not_after.timestamp()))
+}
+
 /// Reads a node certificate (DER), such as the one a TLS peer presented.
 pub fn inspect_cert_der(der: &[u8]) -> Result<CertInfo, CaError> {
     let (_, cert) = x509_parser::parse_x509_certificate(der)

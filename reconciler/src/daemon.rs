@@ -722,8 +722,8 @@ impl Daemon {
             ..Info::default()
         };
         if let Ok(certs) = self.load_certs() {
-            if let Ok(ca) = ca::inspect_cert(&certs.ca_pem) {
-                info.ca_expiry_unix = unix_secs(ca.not_after);
+            if let Ok(not_after) = ca::expiry(&certs.ca_pem) {
+                info.ca_expiry_unix = unix_secs(not_after);
             }
             if let Ok(node) = ca::inspect_cert(&certs.cert_pem) {
                 info.cert_expiry_unix = unix_secs(node.not_after);

@@ -477,11 +477,17 @@ impl Cluster {
             .initialize(members)
             .await
             .expect("initialize");
-        Cluster {
+        let cluster = Cluster {
             router,
             machines,
             _dirs: dirs,
+        };
+        // Until every node holds the membership (index 0) and the leader's blank entry (index 1), cutting one off
+        // could leave the others with no membership, unable to elect anyone.
+        for id in 1..=3 {
+            cluster.wait_applied(id, 1).await;
         }
+        cluster
     }
 
     fn raft(&self, id: NodeId) -> typ::Raft {
@@ -613,7 +619,6 @@ async fn a_lagging_manager_catches_up_from_a_snapshot() {
     let cluster = Cluster::start(raft_config(5, 50, 150, 300)).await;
     let leader = cluster.leader(1, None).await;
     let lagging = (1..=3).find(|id| *id != leader).expect("a follower");
-    cluster.wait_applied(lagging, 1).await;
     let mut rx = cluster.machines[&lagging].subscribe();
 
     cluster.router.isolate(lagging);

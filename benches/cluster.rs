@@ -1,0 +1,216 @@
+//! Benchmarks of the manager cluster: three real `swarm daemon` processes on loopback, Raft on disk with fsync.
+//!
+//! - leader failover: kill -9 the leader, time until a surviving manager accepts a write (20 trials; p50, p99);
+//! - committed writes per second through the leader with 1 and with 64 concurrent clients.
+//!
+//! Run: `cargo bench --bench cluster` (set `FAILOVER_TRIALS` / `WRITE_SECONDS` to change the sizes).
+
+use std::path::PathBuf;
+use std::process::Child;
+use std::process::Command;
+use std::process::Stdio;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+use std::time::Instant;
+
+use swarm_reconciler::store::Op;
+use swarm_reconciler::store::Request;
+use swarm_reconciler::wire::Info;
+
+const BIN: &str = env!("CARGO_BIN_EXE_swarm");
+
+struct Node {
+    name: String,
+    dir: PathBuf,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Node {
+    fn socket(&self) -> String {
+        self.dir.join("swarm.sock").display().to_string()
+    }
+
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn start(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("log")).unwrap();
+        let child = Command::new(BIN)
+            .args(["daemon", "--data-dir"])
+            .arg(self.dir.join("data"))
+            .args(["--socket", &self.socket(), "--hostname", &self.name])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start swarm daemon");
+        self.child = Some(child);
+        wait_until(Duration::from_secs(10), || self.cli(&["info", "--json"]).is_some());
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn cli(&self, args: &[&str]) -> Option<String> {
+        let out = Command::new(BIN).arg("-H").arg(self.socket()).args(args).output().ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn info(&self) -> Option<Info> {
+        serde_json::from_str(&self.cli(&["info", "--json"])?).ok()
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn wait_until(limit: Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !ok() {
+        assert!(Instant::now() < deadline, "condition not met within {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn cluster(root: &std::path::Path) -> Vec<Node> {
+    let mut nodes: Vec<Node> = (1..=3)
+        .map(|i| {
+            let dir = root.join(format!("m{i}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            Node { name: format!("m{i}"), dir, port: free_port(), child: None }
+        })
+        .collect();
+    for n in nodes.iter_mut() {
+        n.start();
+    }
+    let a = nodes[0].addr();
+    nodes[0].cli(&["init", "--advertise-addr", &a, "--listen-addr", &a]).expect("init");
+    let token = nodes[0].cli(&["join-token", "-q", "manager"]).expect("token").trim().to_string();
+    for n in &nodes[1..] {
+        let addr = n.addr();
+        n.cli(&["join", "--token", &token, "--advertise-addr", &addr, "--listen-addr", &addr, &a]).expect("join");
+    }
+    wait_until(Duration::from_secs(20), || all_healthy(&nodes));
+    nodes
+}
+
+/// Every manager runs, knows the same leader, and counts three managers.
+fn all_healthy(nodes: &[Node]) -> bool {
+    let infos: Vec<Option<Info>> = nodes.iter().map(Node::info).collect();
+    let Some(Some(first)) = infos.first() else { return false };
+    infos.iter().all(|i| {
+        i.as_ref().is_some_and(|i| i.managers == 3 && i.leader == first.leader && !i.leader.starts_with("none"))
+    })
+}
+
+fn leader_index(nodes: &[Node]) -> Option<usize> {
+    let info = nodes.iter().find_map(|n| n.child.as_ref().and_then(|_| n.info()))?;
+    let leader_id = info.leader.split(' ').next()?.to_string();
+    nodes.iter().position(|n| n.info().is_some_and(|i| i.node_id == leader_id))
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn failover(nodes: &mut [Node], trials: usize) {
+    let mut times = Vec::new();
+    for trial in 0..trials {
+        let leader = leader_index(nodes).expect("a leader");
+        let survivor = (leader + 1) % nodes.len();
+        let label = format!("trial={trial}");
+        let target = nodes[survivor].name.clone();
+        nodes[leader].kill();
+        let t = Instant::now();
+        // The first write a surviving manager accepts ends the measurement.
+        while nodes[survivor].cli(&["node", "update", "--label-add", &label, &target]).is_none() {
+            assert!(t.elapsed() < Duration::from_secs(30), "no write accepted 30 s after killing the leader");
+        }
+        times.push(t.elapsed());
+        nodes[leader].start();
+        wait_until(Duration::from_secs(30), || all_healthy(nodes));
+    }
+    times.sort();
+    println!(
+        "leader failover (kill -9 → write accepted)   p50 {:>7.0} ms   p99 {:>7.0} ms   max {:>7.0} ms   ({} trials)",
+        percentile(&times, 0.5).as_secs_f64() * 1000.0,
+        percentile(&times, 0.99).as_secs_f64() * 1000.0,
+        times.last().unwrap().as_secs_f64() * 1000.0,
+        times.len()
+    );
+}
+
+/// A client of the leader's Raft write endpoint, authenticated with a manager's own certificate.
+fn write_client(node: &Node) -> reqwest::Client {
+    let tls = node.dir.join("data/tls");
+    let read = |f: &str| std::fs::read_to_string(tls.join(f)).unwrap();
+    swarm_reconciler::tls::install_crypto_provider();
+    let config = swarm_reconciler::tls::client_config(&read("ca.pem"), &read("node.pem"), &read("node.key")).unwrap();
+    swarm_reconciler::tls::http_client(config, Duration::from_secs(10)).unwrap()
+}
+
+async fn throughput(client: reqwest::Client, leader: String, clients: usize, seconds: u64) -> f64 {
+    let done = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let (client, leader, done) = (client.clone(), leader.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut i = 0u64;
+            while Instant::now() < deadline {
+                let request = Request {
+                    guards: vec![],
+                    ops: vec![Op::Put {
+                        table: "bench".into(),
+                        key: format!("c{c}-{}", i % 100),
+                        value: serde_json::json!({ "i": i }),
+                    }],
+                };
+                let url = format!("https://{leader}/v1/internal/write");
+                let ok = client.post(url).json(&request).send().await.is_ok_and(|r| r.status().is_success());
+                assert!(ok, "write failed");
+                done.fetch_add(1, Ordering::Relaxed);
+                i += 1;
+            }
+        }));
+    }
+    let start = Instant::now();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+}
+
+fn main() {
+    let trials: usize = std::env::var("FAILOVER_TRIALS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    let seconds: u64 = std::env::var("WRITE_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+    let root = tempfile::tempdir().unwrap();
+    let mut nodes = cluster(root.path());
+    println!("cluster: 3 managers on loopback, Raft log and state on redb with fsync, election timeout 150-300 ms");
+
+    let leader = leader_index(&nodes).expect("leader");
+    let client = write_client(&nodes[leader]);
+    let addr = nodes[leader].addr();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    for clients in [1, 64] {
+        let rate = runtime.block_on(throughput(client.clone(), addr.clone(), clients, seconds));
+        println!("committed writes/s, {clients:>2} client(s)                  {rate:>9.0}");
+    }
+
+    failover(&mut nodes, trials);
+}
