@@ -38,7 +38,11 @@ impl Node {
     }
 
     fn start(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("log"))
+            .unwrap();
         let child = Command::new(BIN)
             .args(["daemon", "--data-dir"])
             .arg(self.dir.join("data"))
@@ -59,8 +63,15 @@ impl Node {
     }
 
     fn cli(&self, args: &[&str]) -> Option<String> {
-        let out = Command::new(BIN).arg("-H").arg(self.socket()).args(args).output().ok()?;
-        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+        let out = Command::new(BIN)
+            .arg("-H")
+            .arg(self.socket())
+            .args(args)
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     fn info(&self) -> Option<Info> {
@@ -83,7 +94,11 @@ fn wait_until(limit: Duration, mut ok: impl FnMut() -> bool) {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn cluster(root: &std::path::Path) -> Vec<Node> {
@@ -91,18 +106,39 @@ fn cluster(root: &std::path::Path) -> Vec<Node> {
         .map(|i| {
             let dir = root.join(format!("m{i}"));
             std::fs::create_dir_all(&dir).unwrap();
-            Node { name: format!("m{i}"), dir, port: free_port(), child: None }
+            Node {
+                name: format!("m{i}"),
+                dir,
+                port: free_port(),
+                child: None,
+            }
         })
         .collect();
     for n in nodes.iter_mut() {
         n.start();
     }
     let a = nodes[0].addr();
-    nodes[0].cli(&["init", "--advertise-addr", &a, "--listen-addr", &a]).expect("init");
-    let token = nodes[0].cli(&["join-token", "-q", "manager"]).expect("token").trim().to_string();
+    nodes[0]
+        .cli(&["init", "--advertise-addr", &a, "--listen-addr", &a])
+        .expect("init");
+    let token = nodes[0]
+        .cli(&["join-token", "-q", "manager"])
+        .expect("token")
+        .trim()
+        .to_string();
     for n in &nodes[1..] {
         let addr = n.addr();
-        n.cli(&["join", "--token", &token, "--advertise-addr", &addr, "--listen-addr", &addr, &a]).expect("join");
+        n.cli(&[
+            "join",
+            "--token",
+            &token,
+            "--advertise-addr",
+            &addr,
+            "--listen-addr",
+            &addr,
+            &a,
+        ])
+        .expect("join");
     }
     wait_until(Duration::from_secs(20), || all_healthy(&nodes));
     nodes
@@ -113,14 +149,17 @@ fn all_healthy(nodes: &[Node]) -> bool {
     let infos: Vec<Option<Info>> = nodes.iter().map(Node::info).collect();
     let Some(Some(first)) = infos.first() else { return false };
     infos.iter().all(|i| {
-        i.as_ref().is_some_and(|i| i.managers == 3 && i.leader == first.leader && !i.leader.starts_with("none"))
+        i.as_ref()
+            .is_some_and(|i| i.managers == 3 && i.leader == first.leader && !i.leader.starts_with("none"))
     })
 }
 
 fn leader_index(nodes: &[Node]) -> Option<usize> {
     let info = nodes.iter().find_map(|n| n.child.as_ref().and_then(|_| n.info()))?;
     let leader_id = info.leader.split(' ').next()?.to_string();
-    nodes.iter().position(|n| n.info().is_some_and(|i| i.node_id == leader_id))
+    nodes
+        .iter()
+        .position(|n| n.info().is_some_and(|i| i.node_id == leader_id))
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -138,8 +177,14 @@ fn failover(nodes: &mut [Node], trials: usize) {
         nodes[leader].kill();
         let t = Instant::now();
         // The first write a surviving manager accepts ends the measurement.
-        while nodes[survivor].cli(&["node", "update", "--label-add", &label, &target]).is_none() {
-            assert!(t.elapsed() < Duration::from_secs(30), "no write accepted 30 s after killing the leader");
+        while nodes[survivor]
+            .cli(&["node", "update", "--label-add", &label, &target])
+            .is_none()
+        {
+            assert!(
+                t.elapsed() < Duration::from_secs(30),
+                "no write accepted 30 s after killing the leader"
+            );
         }
         times.push(t.elapsed());
         nodes[leader].start();
@@ -182,7 +227,12 @@ async fn throughput(client: reqwest::Client, leader: String, clients: usize, sec
                     }],
                 };
                 let url = format!("https://{leader}/v1/internal/write");
-                let ok = client.post(url).json(&request).send().await.is_ok_and(|r| r.status().is_success());
+                let ok = client
+                    .post(url)
+                    .json(&request)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
                 assert!(ok, "write failed");
                 done.fetch_add(1, Ordering::Relaxed);
                 i += 1;
@@ -197,8 +247,14 @@ async fn throughput(client: reqwest::Client, leader: String, clients: usize, sec
 }
 
 fn main() {
-    let trials: usize = std::env::var("FAILOVER_TRIALS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
-    let seconds: u64 = std::env::var("WRITE_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+    let trials: usize = std::env::var("FAILOVER_TRIALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let seconds: u64 = std::env::var("WRITE_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
     let root = tempfile::tempdir().unwrap();
     let mut nodes = cluster(root.path());
     println!("cluster: 3 managers on loopback, Raft log and state on redb with fsync, election timeout 150-300 ms");

@@ -73,6 +73,10 @@ fn main() {
     let new = dir.path().join("new.yml");
     std::fs::write(&old, generate(SERVICES, "1.0")).unwrap();
     std::fs::write(&new, generate(SERVICES, "1.1")).unwrap();
+    // BENCH_KEEP=DIR keeps a copy of the generated stack, to profile or to load with other tools.
+    if let Some(keep) = std::env::var_os("BENCH_KEEP") {
+        let _ = std::fs::copy(&new, std::path::Path::new(&keep).join("new.yml"));
+    }
     println!(
         "stack: {SERVICES} services, {} KiB",
         std::fs::metadata(&new).unwrap().len() / 1024

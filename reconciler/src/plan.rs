@@ -220,7 +220,7 @@ pub fn plan(desired: &StackSpec, current: &StackSpec) -> Plan {
 }
 
 /// One object of one side, reduced to what pairing and comparing need.
-struct Entry {
+struct Entry<'a> {
     /// Key in the stack's map: the stored name.
     stored: String,
     /// Name in the stack file: the stored name without `<stack>_`, or a secret's or config's `key`.
@@ -228,35 +228,62 @@ struct Entry {
     external: bool,
     /// Stack-defined secret or config: new content gives a new stored name, which is a rotation.
     rotates: bool,
-    value: Value,
-    /// What a rotation shows of the object.
-    rotation_view: Value,
+    /// The object itself: compared typed, serialized only when it is part of a change.
+    object: Obj<'a>,
 }
 
-fn entries(kind: Kind, stack: &StackSpec) -> Vec<Entry> {
-    let plain = |stored: &String, external: bool, value: Value| Entry {
+#[derive(PartialEq)]
+enum Obj<'a> {
+    Service(&'a swarm_specs::spec::ServiceSpec),
+    Network(&'a swarm_specs::spec::NetworkSpec),
+    Volume(&'a swarm_specs::spec::VolumeSpec),
+    Secret(&'a swarm_specs::spec::SecretSpec),
+    Config(&'a swarm_specs::spec::ConfigSpec),
+}
+
+impl Entry<'_> {
+    fn value(&self) -> Value {
+        match self.object {
+            Obj::Service(o) => to_json(o),
+            Obj::Network(o) => to_json(o),
+            Obj::Volume(o) => to_json(o),
+            Obj::Secret(o) => to_json(o),
+            Obj::Config(o) => to_json(o),
+        }
+    }
+
+    /// What a rotation shows of the object: a secret only by name and digest.
+    fn rotation_view(&self) -> Value {
+        match self.object {
+            Obj::Secret(s) => json!({ "name": self.stored, "digest": s.digest }),
+            _ => self.value(),
+        }
+    }
+}
+
+fn entries(kind: Kind, stack: &StackSpec) -> Vec<Entry<'_>> {
+    let plain = |stored: &String, external: bool, object| Entry {
         stored: stored.clone(),
         derived: strip_stack(&stack.name, stored),
         external,
         rotates: false,
-        value,
-        rotation_view: Value::Null,
+        object,
     };
     match kind {
         Kind::Service => stack
             .services
             .iter()
-            .map(|(name, s)| plain(name, false, to_json(s)))
+            .map(|(name, s)| plain(name, false, Obj::Service(s)))
             .collect(),
         Kind::Network => stack
             .networks
             .iter()
-            .map(|(name, n)| plain(name, n.external, to_json(n)))
+            .map(|(name, n)| plain(name, n.external, Obj::Network(n)))
             .collect(),
         Kind::Volume => stack
             .volumes
             .iter()
-            .map(|(name, v)| plain(name, v.external, to_json(v)))
+            .map(|(name, v)| plain(name, v.external, Obj::Volume(v)))
             .collect(),
         Kind::Secret => stack
             .secrets
@@ -268,8 +295,7 @@ fn entries(kind: Kind, stack: &StackSpec) -> Vec<Entry> {
                     derived: s.key.clone(),
                     external,
                     rotates: !external,
-                    value: to_json(s),
-                    rotation_view: json!({ "name": name, "digest": s.digest }),
+                    object: Obj::Secret(s),
                 }
             })
             .collect(),
@@ -278,14 +304,12 @@ fn entries(kind: Kind, stack: &StackSpec) -> Vec<Entry> {
             .iter()
             .map(|(name, c)| {
                 let external = c.source == ContentSource::External;
-                let value = to_json(c);
                 Entry {
                     stored: name.clone(),
                     derived: c.key.clone(),
                     external,
                     rotates: !external,
-                    rotation_view: value.clone(),
-                    value,
+                    object: Obj::Config(c),
                 }
             })
             .collect(),
@@ -308,7 +332,13 @@ fn strip_stack(stack: &str, stored: &str) -> String {
     }
 }
 
-fn diff_kind(kind: Kind, desired: Vec<Entry>, current: Vec<Entry>, changes: &mut Vec<Change>, summary: &mut Summary) {
+fn diff_kind(
+    kind: Kind,
+    desired: Vec<Entry<'_>>,
+    current: Vec<Entry<'_>>,
+    changes: &mut Vec<Change>,
+    summary: &mut Summary,
+) {
     let mut ambiguous = BTreeSet::new();
     for side in [&desired, &current] {
         let mut seen = BTreeSet::new();
@@ -318,15 +348,15 @@ fn diff_kind(kind: Kind, desired: Vec<Entry>, current: Vec<Entry>, changes: &mut
             }
         }
     }
-    let address = |entry: &Entry| {
+    let address = |entry: &Entry<'_>| {
         if ambiguous.contains(&entry.derived) {
             format!("{}[{}]", kind.as_str(), Value::String(entry.stored.clone()))
         } else {
             format!("{}.{}", kind.as_str(), entry.derived)
         }
     };
-    let mut want: BTreeMap<String, Entry> = desired.into_iter().map(|e| (address(&e), e)).collect();
-    let mut have: BTreeMap<String, Entry> = current.into_iter().map(|e| (address(&e), e)).collect();
+    let mut want: BTreeMap<String, Entry<'_>> = desired.into_iter().map(|e| (address(&e), e)).collect();
+    let mut have: BTreeMap<String, Entry<'_>> = current.into_iter().map(|e| (address(&e), e)).collect();
     let addresses: BTreeSet<String> = want.keys().chain(have.keys()).cloned().collect();
 
     for address in addresses {
@@ -345,22 +375,27 @@ fn diff_kind(kind: Kind, desired: Vec<Entry>, current: Vec<Entry>, changes: &mut
             }
         };
         match (want.remove(&address), have.remove(&address)) {
-            (Some(d), Some(c)) if d.value == c.value => summary.unchanged += 1,
+            (Some(d), Some(c)) if d.object == c.object => summary.unchanged += 1,
             (Some(d), Some(c)) if d.rotates && c.rotates && d.stored != c.stored => {
                 summary.rotate += 1;
-                changes.push(change(Action::Rotate, c.rotation_view, d.rotation_view));
+                changes.push(change(Action::Rotate, c.rotation_view(), d.rotation_view()));
             }
             (Some(d), Some(c)) => {
+                let (before, after) = (c.value(), d.value());
+                if before == after {
+                    summary.unchanged += 1;
+                    continue;
+                }
                 summary.update += 1;
-                changes.push(change(Action::Update, c.value, d.value));
+                changes.push(change(Action::Update, before, after));
             }
             (Some(d), None) if !d.external => {
                 summary.create += 1;
-                changes.push(change(Action::Create, Value::Null, d.value));
+                changes.push(change(Action::Create, Value::Null, d.value()));
             }
             (None, Some(c)) if !c.external => {
                 summary.remove += 1;
-                changes.push(change(Action::Remove, c.value, Value::Null));
+                changes.push(change(Action::Remove, c.value(), Value::Null));
             }
             _ => {}
         }

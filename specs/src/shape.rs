@@ -162,6 +162,11 @@ impl<'a> Walker<'a> {
         s
     }
 
+    /// Whether a schema takes only null.
+    fn is_null_only(&self, schema: &'a Json) -> bool {
+        types_of(self.resolve(schema)) == ["null"]
+    }
+
     /// The node kind a schema takes: "object", "array" or "scalar" (None when several or any).
     fn kind(&self, schema: &'a Json) -> Option<&'static str> {
         let s = self.resolve(schema);
@@ -234,6 +239,21 @@ impl<'a> Walker<'a> {
         {
             self.spans.insert(path.to_string(), node.pos);
             return Some(Json::Null);
+        }
+        // Usually exactly one alternative takes this kind of node (`Option<T>` is "T or null"; short or long
+        // syntax is "string or mapping"): walk it directly, with no trial and no copying.
+        let node_kind = match node.value {
+            Value::Map(_) => Some("object"),
+            Value::Seq(_) => Some("array"),
+            Value::Scalar { .. } => Some("scalar"),
+            Value::Null => None,
+        };
+        let candidates: Vec<&'a Json> = alternatives.iter().filter(|a| self.kind(a) == node_kind).collect();
+        let undecided = alternatives
+            .iter()
+            .any(|a| self.kind(a).is_none() && !self.is_null_only(a));
+        if let ([only], false) = (candidates.as_slice(), undecided) {
+            return self.walk(node, only, path);
         }
         for alternative in alternatives {
             let mut trial = Walker {
