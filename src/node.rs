@@ -226,7 +226,11 @@ pub fn format_node_table(list: &NodeList) -> String {
 }
 
 pub async fn node_ls(client: &Client, quiet: bool) -> anyhow::Result<ExitCode> {
-    let list: NodeList = client.get("/v1/nodes").await?;
+    let mut list: NodeList = client.get("/v1/nodes").await?;
+    // The list comes from the leader; `*` marks the node this CLI talks to, as Docker marks it.
+    if let Ok(info) = client.get::<Info>("/v1/info").await {
+        list.self_id = info.node_id;
+    }
     if list.stale {
         eprintln!("warning: this manager has no leader (no quorum?): the list may be out of date");
     }

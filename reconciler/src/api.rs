@@ -94,7 +94,7 @@ pub fn cluster_router(daemon: Arc<Daemon>) -> Router {
         .route("/v1/internal/write", post(internal_write))
         .route("/v1/certs/renew", post(renew))
         .route("/v1/leave", post(node_left))
-        .merge(operator_routes())
+        .merge(operator_routes(daemon.clone()))
         .with_state(daemon)
 }
 
@@ -106,11 +106,56 @@ pub fn local_router(daemon: Arc<Daemon>) -> Router {
         .route("/v1/init", post(init))
         .route("/v1/join-cluster", post(join))
         .route("/v1/leave-cluster", post(leave))
-        .merge(operator_routes())
+        .merge(operator_routes(daemon.clone()))
         .with_state(daemon)
 }
 
-fn operator_routes() -> Router<Arc<Daemon>> {
+/// Cluster commands run on the leader, which holds the freshest state and applies guarded writes without
+/// conflicts: a follower passes the request on, once (a forwarded request is never forwarded again).
+async fn on_leader(
+    State(d): State<Arc<Daemon>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    const FORWARDED: &str = "x-swarm-forwarded";
+    let leader = d
+        .manager()
+        .filter(|m| !m.is_leader() && !request.headers().contains_key(FORWARDED))
+        .and_then(|m| m.leader().map(|(_, peer)| (m, peer)));
+    let Some((m, leader)) = leader else {
+        return next.run(request).await;
+    };
+    let method = request.method().clone();
+    let path = request
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+    let body = match axum::body::to_bytes(request.into_body(), 16 << 20).await {
+        Ok(b) => b,
+        Err(e) => return DaemonError::Refused(format!("cannot read the request: {e}")).into_response(),
+    };
+    let url = format!("https://{}{path}", leader.addr);
+    let forwarded = m
+        .client
+        .get()
+        .request(method, &url)
+        .header(FORWARDED, "1")
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await;
+    match forwarded {
+        Ok(r) => {
+            let status = StatusCode::from_u16(r.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+            let bytes = r.bytes().await.unwrap_or_default();
+            (status, [("content-type", "application/json")], bytes).into_response()
+        }
+        Err(e) => DaemonError::Remote(format!("cannot reach the leader at {}: {e}", leader.addr)).into_response(),
+    }
+}
+
+fn operator_routes(daemon: Arc<Daemon>) -> Router<Arc<Daemon>> {
     Router::new()
         .route("/v1/nodes", get(list_nodes))
         .route("/v1/nodes/{id}", get(inspect_node))
@@ -119,6 +164,7 @@ fn operator_routes() -> Router<Arc<Daemon>> {
         .route("/v1/nodes/{id}/promote", post(promote))
         .route("/v1/nodes/{id}/demote", post(demote))
         .route("/v1/join-token/{role}", get(join_token))
+        .route_layer(axum::middleware::from_fn_with_state(daemon, on_leader))
 }
 
 type ApiResult<T> = Result<Json<T>, DaemonError>;
@@ -214,10 +260,8 @@ async fn internal_write(
 ) -> ApiResult<crate::store::Response> {
     manager_peer(&peer)?;
     let m = d.require_manager()?;
-    match m.raft.client_write(req).await {
-        Ok(r) => Ok(Json(r.data)),
-        Err(e) => Err(DaemonError::Manager(ManagerError::Raft(e.to_string()))),
-    }
+    // The same path as local writes: confirmed with a majority before it is appended.
+    Ok(Json(m.write(req).await?))
 }
 
 async fn renew(

@@ -574,17 +574,24 @@ impl Daemon {
         let body = AttachRequest {
             raft_id: state.raft_id,
             addr: state.advertise_addr.clone(),
+            on_behalf_of: None,
         };
         let mut last = String::new();
-        for addr in &state.managers {
-            if *addr == state.advertise_addr {
-                continue;
+        // Leadership may move while the membership changes: keep trying every manager for a while.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            let managers = self
+                .state()
+                .map(|s| s.managers)
+                .unwrap_or_else(|| state.managers.clone());
+            for addr in managers.iter().filter(|a| **a != state.advertise_addr) {
+                let url = format!("https://{addr}/v1/managers/attach");
+                match post_json::<_, Empty>(&self.client.get(), &url, &body).await {
+                    Ok(_) => return Ok(()),
+                    Err(e) => last = e.to_string(),
+                }
             }
-            match post_json::<_, Empty>(&self.client.get(), &format!("https://{addr}/v1/managers/attach"), &body).await
-            {
-                Ok(_) => return Ok(()),
-                Err(e) => last = e.to_string(),
-            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
         Err(DaemonError::Remote(format!(
             "no manager could add this node to the Raft cluster: {last}"
@@ -666,13 +673,22 @@ impl Daemon {
         };
         if state.role == Role::Manager && !force {
             let managers = self.manager().map(|m| m.voters().len()).unwrap_or(1);
-            return Err(DaemonError::Refused(format!(
-                "You are attempting to leave the swarm on a node that is participating as a manager. Removing this \
-                 node leaves {} managers out of {managers}. Without a Raft quorum your swarm will be inaccessible. The \
-                 only way to restore a swarm that has lost consensus is to reinitialize it with \
-                 `--force-new-cluster`. Use `--force` to suppress this message.",
-                managers.saturating_sub(1)
-            )));
+            let mut message =
+                String::from("You are attempting to leave the swarm on a node that is participating as a manager. ");
+            if managers <= 1 {
+                message.push_str("Removing the last manager erases all current state of the swarm. Use `--force` to ignore this message.");
+            } else {
+                let left = managers - 1;
+                if left < managers / 2 + 1 {
+                    message.push_str(&format!(
+                        "Removing this node leaves {left} managers out of {managers}. Without a Raft quorum your swarm \
+                         will be inaccessible. The only way to restore a swarm that has lost consensus is to \
+                         reinitialize it with `--force-new-cluster`. "
+                    ));
+                }
+                message.push_str("Use `--force` to suppress this message.");
+            }
+            return Err(DaemonError::Refused(message));
         }
         // Tell the cluster, so the node disappears from `node ls` (best effort: leaving works offline too).
         if state.role == Role::Worker {
@@ -822,10 +838,12 @@ impl Daemon {
     }
 
     /// Adds the calling manager to the Raft membership (on the leader; forwarded there otherwise).
-    pub async fn attach(&self, caller: &tls::PeerIdentity, req: AttachRequest) -> Result<(), DaemonError> {
+    pub async fn attach(&self, caller: &tls::PeerIdentity, mut req: AttachRequest) -> Result<(), DaemonError> {
         let m = self.require_manager()?;
-        let Some((node, _)) = m.node(&caller.node_id) else {
-            return Err(DaemonError::NotFound(format!("node {} not found", caller.node_id)));
+        // A manager forwarding the request speaks for the node that sent it.
+        let node_id = req.on_behalf_of.clone().unwrap_or_else(|| caller.node_id.clone());
+        let Some((node, _)) = m.node(&node_id) else {
+            return Err(DaemonError::NotFound(format!("node {node_id} not found")));
         };
         if node.role != Role::Manager {
             return Err(DaemonError::Refused(format!("node {} is not a manager", node.id)));
@@ -834,13 +852,9 @@ impl Daemon {
             let (_, leader) = m
                 .leader()
                 .ok_or_else(|| DaemonError::Manager(ManagerError::Rejected("no leader".into())))?;
-            return post_json::<_, Empty>(
-                &m.client.get(),
-                &format!("https://{}/v1/managers/attach", leader.addr),
-                &req,
-            )
-            .await
-            .map(|_| ());
+            req.on_behalf_of = Some(node_id);
+            let url = format!("https://{}/v1/managers/attach", leader.addr);
+            return post_json::<_, Empty>(&m.client.get(), &url, &req).await.map(|_| ());
         }
         m.add_manager(
             req.raft_id,
@@ -850,14 +864,22 @@ impl Daemon {
             },
         )
         .await?;
-        let (mut node, revision) = m
-            .node(&caller.node_id)
-            .ok_or_else(|| DaemonError::NotFound("node".into()))?;
-        node.raft_id = Some(req.raft_id);
-        node.manager_addr = Some(req.addr);
-        node.updated_at = now_millis();
-        m.write(crate::manager::guarded_put(&node, revision)).await?;
-        Ok(())
+        // Record where the new manager is; retried, since heartbeats may update the node meanwhile.
+        for _ in 0..20 {
+            let (mut node, revision) = m.node(&node_id).ok_or_else(|| DaemonError::NotFound("node".into()))?;
+            node.raft_id = Some(req.raft_id);
+            node.manager_addr = Some(req.addr.clone());
+            node.updated_at = now_millis();
+            if !matches!(
+                m.write(crate::manager::guarded_put(&node, revision)).await?,
+                store::Response::GuardFailed { .. }
+            ) {
+                return Ok(());
+            }
+        }
+        Err(DaemonError::Refused(format!(
+            "node {node_id} kept changing while it was being added; try again"
+        )))
     }
 
     /// A heartbeat from a node: recorded on the leader (forwarded there), answered with what the node must know.
@@ -1084,7 +1106,13 @@ impl Daemon {
                 "attempting to demote the last manager of the swarm".into(),
             ));
         }
-        if let Some(raft_id) = node.raft_id {
+        // The Raft membership knows each member's node id: it is the truth about who votes.
+        let member = m
+            .voters()
+            .into_iter()
+            .find(|(_, peer)| peer.node_id == node.id)
+            .map(|(id, _)| id);
+        if let Some(raft_id) = member.or(node.raft_id) {
             if m.voters().iter().any(|(id, _)| *id == raft_id) {
                 m.remove_manager(raft_id).await?;
             }
@@ -1127,11 +1155,10 @@ impl Daemon {
                 Role::Worker => cluster.worker_secret = ca::new_secret(),
                 Role::Manager => cluster.manager_secret = ca::new_secret(),
             }
-            match m.write(crate::manager::guarded_put(&cluster, revision)).await? {
-                store::Response::GuardFailed { .. } => {
-                    return Err(DaemonError::Refused("the cluster changed meanwhile; try again".into()))
-                }
-                _ => {}
+            if let store::Response::GuardFailed { .. } =
+                m.write(crate::manager::guarded_put(&cluster, revision)).await?
+            {
+                return Err(DaemonError::Refused("the cluster changed meanwhile; try again".into()));
             }
         }
         let digest = ca::ca_digest(&cluster.ca_cert_pem).map_err(|e| DaemonError::io("CA", e))?;

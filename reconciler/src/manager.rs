@@ -170,6 +170,17 @@ impl Manager {
                 // later, after the caller was told it failed. Wait for acks (or a new leader) until the deadline.
                 None
             } else if self.is_leader() {
+                // Confirm with a majority before appending: an entry appended by a cut-off leader could commit
+                // later, after the caller was told that the write failed.
+                match tokio::time::timeout(remaining, self.raft.ensure_linearizable()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(_)) => {
+                        let wait = remaining.min(Duration::from_millis(50));
+                        tokio::time::sleep(wait).await;
+                        continue;
+                    }
+                    Err(_) => return Err(self.no_quorum().await),
+                }
                 match tokio::time::timeout(remaining, self.raft.client_write(request.clone())).await {
                     Ok(Ok(response)) => return Ok(response.data),
                     Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => None,

@@ -76,6 +76,9 @@ pub struct Admission {
 pub struct AttachRequest {
     pub raft_id: u64,
     pub addr: String,
+    /// Set by a manager that forwards another node's request to the leader: whose request it is.
+    #[serde(default)]
+    pub on_behalf_of: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -166,9 +166,13 @@ pub fn split_shell_words(line: &str) -> Result<Vec<String>, String> {
     Ok(words)
 }
 
+/// One line of a service env file: a variable (with its value, or none to take it from the environment), or why
+/// the line is invalid.
+type EnvFileEntry = Result<(String, Option<String>), String>;
+
 /// A service's `env_file`, read as `docker stack deploy` reads it (not like `.env`): `KEY=VALUE` taken literally
 /// (no quotes, no inline comments), a bare `KEY` takes its value from the environment, `#` lines are comments.
-fn parse_service_env_file(text: &str) -> Vec<(usize, Result<(String, Option<String>), String>)> {
+fn parse_service_env_file(text: &str) -> Vec<(usize, EnvFileEntry)> {
     let mut out = Vec::new();
     for (i, raw) in text.lines().enumerate() {
         let line = raw.trim_start_matches('\u{feff}').trim_start();

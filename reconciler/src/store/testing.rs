@@ -2,10 +2,12 @@
 //!
 //! Every node registers its `Raft` with a [`Router`]; an RPC is a direct call on the target's `Raft`. A cut
 //! link fails as `Unreachable`, both when the request is sent and when the response comes back, so a node cut
-//! off mid-call does not learn the outcome — like a real partition.
+//! off mid-call does not learn the outcome — like a real partition. A *held* node's messages are neither lost nor
+//! delivered: they wait, and arrive late once it is released — like a frozen process's socket buffers.
 
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::PoisonError;
@@ -16,6 +18,8 @@ use openraft::error::Unreachable;
 use openraft::network::RPCOption;
 use openraft::RaftNetwork;
 use openraft::RaftNetworkFactory;
+use tokio::sync::oneshot;
+use tokio::sync::Notify;
 
 use super::typ;
 use super::NodeId;
@@ -35,6 +39,8 @@ pub struct Cut {
 #[derive(Clone, Default)]
 pub struct Router {
     state: Arc<Mutex<Links>>,
+    /// Wakes the messages waiting for a held node to be released.
+    released: Arc<Notify>,
 }
 
 #[derive(Default)]
@@ -44,6 +50,8 @@ struct Links {
     isolated: BTreeSet<NodeId>,
     /// One-way cuts: (from, to).
     blocked: BTreeSet<(NodeId, NodeId)>,
+    /// Nodes whose messages (both ways) wait until they are released.
+    held: BTreeSet<NodeId>,
 }
 
 impl Router {
@@ -113,15 +121,50 @@ impl Router {
         self.links().blocked.remove(&(from, to));
     }
 
-    /// Restores every link.
+    /// Holds every message to and from node `id` until [`Self::release`]: the sender waits, and may give up, but
+    /// the message is still delivered (if its link is up then) once the node is released. The node's own timers
+    /// keep running, so it may time out and campaign meanwhile; its late messages carry whatever term it had.
+    pub fn hold(&self, id: NodeId) {
+        self.links().held.insert(id);
+    }
+
+    /// Delivers the messages held for node `id` (those not waiting for another held node too).
+    pub fn release(&self, id: NodeId) {
+        self.links().held.remove(&id);
+        self.released.notify_waiters();
+    }
+
+    /// Restores every link and releases every held node.
     pub fn heal(&self) {
         let mut links = self.links();
         links.isolated.clear();
         links.blocked.clear();
+        links.held.clear();
+        drop(links);
+        self.released.notify_waiters();
     }
 
     fn links(&self) -> std::sync::MutexGuard<'_, Links> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn held(&self, from: NodeId, to: NodeId) -> bool {
+        let links = self.links();
+        links.held.contains(&from) || links.held.contains(&to)
+    }
+
+    /// Returns once neither end of the link from `from` to `to` is held.
+    async fn until_released(&self, from: NodeId, to: NodeId) {
+        loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            // Registered before the check, so a release between the check and the await is not missed.
+            released.as_mut().enable();
+            if !self.held(from, to) {
+                return;
+            }
+            released.await;
+        }
     }
 
     /// The target's `Raft`, if a message from `from` gets to `to` now.
@@ -174,9 +217,57 @@ impl Connection {
         RPCError::Unreachable(Unreachable::new(&cut))
     }
 
-    fn remote<E: std::error::Error>(&self, e: typ::RaftError<E>) -> typ::RPCError<E> {
-        RPCError::RemoteError(RemoteError::new(self.to, e))
+    /// Sends `rpc` over this link: `call` runs on the target's `Raft` if the link is up.
+    ///
+    /// A message to or from a held node is handed to a task of its own that waits for the release, so it arrives
+    /// even if the sender has timed out by then; its response comes back only if the sender still waits.
+    async fn send<Req, Resp, E, F, Fut>(&self, rpc: Req, call: F) -> Result<Resp, typ::RPCError<E>>
+    where
+        Req: Send + 'static,
+        Resp: Send + 'static,
+        E: std::error::Error + Send + 'static,
+        F: FnOnce(typ::Raft, Req) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<Resp, typ::RaftError<E>>> + Send,
+    {
+        let (from, to, router) = (self.from, self.to, self.router.clone());
+        if !router.held(from, to) {
+            return deliver(&router, from, to, rpc, call).await;
+        }
+        let (tx, rx) = oneshot::channel();
+        tokio::spawn(async move {
+            router.until_released(from, to).await;
+            // Nobody waiting for the response is fine: the sender gave up, the message still arrived.
+            let _ = tx.send(deliver(&router, from, to, rpc, call).await);
+        });
+        match rx.await {
+            Ok(result) => result,
+            // The delivery task was dropped with the runtime: the message never arrived.
+            Err(_) => Err(Connection::unreachable(Cut { from, to })),
+        }
     }
+}
+
+/// One message from `from` to `to`, cut on the way there or back as the links are when it passes.
+async fn deliver<Req, Resp, E, F, Fut>(
+    router: &Router,
+    from: NodeId,
+    to: NodeId,
+    rpc: Req,
+    call: F,
+) -> Result<Resp, typ::RPCError<E>>
+where
+    E: std::error::Error,
+    F: FnOnce(typ::Raft, Req) -> Fut,
+    Fut: Future<Output = Result<Resp, typ::RaftError<E>>>,
+{
+    let raft = router.reach(from, to).map_err(Connection::unreachable)?;
+    let resp = call(raft, rpc)
+        .await
+        .map_err(|e| RPCError::RemoteError(RemoteError::new(to, e)))?;
+    // A node held while the call ran gets the response after its release (or never, if its caller gave up).
+    router.until_released(from, to).await;
+    router.returns(from, to).map_err(Connection::unreachable)?;
+    Ok(resp)
 }
 
 impl RaftNetwork<TypeConfig> for Connection {
@@ -185,10 +276,22 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: typ::AppendEntriesRequest,
         _option: RPCOption,
     ) -> Result<typ::AppendEntriesResponse, typ::RPCError> {
-        let raft = self.router.reach(self.from, self.to).map_err(Self::unreachable)?;
-        let resp = raft.append_entries(rpc).await.map_err(|e| self.remote(e))?;
-        self.router.returns(self.from, self.to).map_err(Self::unreachable)?;
-        Ok(resp)
+        if let Some(first) = rpc.entries.first() {
+            if first.log_id.index != rpc.prev_log_id.map_or(0, |p| p.index + 1) {
+                let m = self.router.raft(self.from).map(|r| r.metrics().borrow().to_string());
+                eprintln!(
+                    "DIAG GAP {}->{}: vote {} prev {:?} entries {:?} sender {:?}",
+                    self.from,
+                    self.to,
+                    rpc.vote,
+                    rpc.prev_log_id,
+                    rpc.entries.iter().map(|e| e.log_id.to_string()).collect::<Vec<_>>(),
+                    m
+                );
+            }
+        }
+        self.send(rpc, |raft, rpc| async move { raft.append_entries(rpc).await })
+            .await
     }
 
     async fn install_snapshot(
@@ -196,16 +299,11 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: typ::InstallSnapshotRequest,
         _option: RPCOption,
     ) -> Result<typ::InstallSnapshotResponse, typ::RPCError<typ::InstallSnapshotError>> {
-        let raft = self.router.reach(self.from, self.to).map_err(Self::unreachable)?;
-        let resp = raft.install_snapshot(rpc).await.map_err(|e| self.remote(e))?;
-        self.router.returns(self.from, self.to).map_err(Self::unreachable)?;
-        Ok(resp)
+        self.send(rpc, |raft, rpc| async move { raft.install_snapshot(rpc).await })
+            .await
     }
 
     async fn vote(&mut self, rpc: typ::VoteRequest, _option: RPCOption) -> Result<typ::VoteResponse, typ::RPCError> {
-        let raft = self.router.reach(self.from, self.to).map_err(Self::unreachable)?;
-        let resp = raft.vote(rpc).await.map_err(|e| self.remote(e))?;
-        self.router.returns(self.from, self.to).map_err(Self::unreachable)?;
-        Ok(resp)
+        self.send(rpc, |raft, rpc| async move { raft.vote(rpc).await }).await
     }
 }

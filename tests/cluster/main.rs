@@ -1,0 +1,16 @@
+//! Process tests of the manager cluster: real `swarm daemon` processes on loopback, driven through the CLI.
+//!
+//! One binary for every topic (faster linking); the clusters run one at a time (see `harness`). Run with
+//! `cargo test --test cluster`; set `SWARM_TEST_LOG` (e.g. `info,swarm_reconciler=debug`) for more detail in the
+//! daemon logs that a failing test prints.
+
+mod harness;
+
+mod consistency;
+mod durability;
+mod failover;
+mod formation;
+mod ids;
+mod membership;
+mod roles;
+mod security;
