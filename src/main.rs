@@ -66,6 +66,9 @@ enum Command {
         /// Raft heartbeat interval in milliseconds (default 50).
         #[arg(long, value_name = "MS")]
         raft_heartbeat: Option<u64>,
+        /// Raft log entries between snapshots (default 10000).
+        #[arg(long, value_name = "N")]
+        snapshot_interval: Option<u64>,
     },
     /// Make this node the first manager of a new swarm.
     Init {
@@ -98,6 +101,24 @@ enum Command {
         quiet: bool,
         #[arg(long)]
         rotate: bool,
+    },
+    /// Change cluster settings, as `docker swarm update`.
+    Update {
+        /// How often nodes report, e.g. 1s.
+        #[arg(long, value_name = "DURATION")]
+        dispatcher_heartbeat: Option<String>,
+        /// Missed heartbeats before a node is Down.
+        #[arg(long, value_name = "N")]
+        heartbeat_grace: Option<u32>,
+        /// How long node certificates last, e.g. 2160h.
+        #[arg(long, value_name = "DURATION")]
+        cert_expiry: Option<String>,
+        /// Remove workers that stay Down this long (e.g. 24h), or `off`.
+        #[arg(long, value_name = "DURATION|off")]
+        node_prune_after: Option<String>,
+        /// Finished tasks kept per slot.
+        #[arg(long, value_name = "N")]
+        task_history_limit: Option<u32>,
     },
     /// Leave the swarm.
     Leave {
@@ -245,6 +266,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             hostname,
             election_timeout,
             raft_heartbeat,
+            snapshot_interval,
         } => {
             let socket = socket
                 .or_else(|| {
@@ -259,6 +281,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 hostname,
                 election_timeout_ms: election_timeout,
                 raft_heartbeat_ms: raft_heartbeat,
+                snapshot_interval,
             };
             node::daemon(args).await
         }
@@ -290,6 +313,30 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::JoinToken { role, quiet, rotate } => node::join_token(&client()?, &role, quiet, rotate).await,
         Command::Leave { force } => node::leave(&client()?, force).await,
+        Command::Update {
+            dispatcher_heartbeat,
+            heartbeat_grace,
+            cert_expiry,
+            node_prune_after,
+            task_history_limit,
+        } => {
+            let ms = |text: &str| -> anyhow::Result<u64> {
+                let d = swarm_specs::units::parse_duration(text)?;
+                Ok(u64::try_from(d.as_millis())?)
+            };
+            let update = swarm_reconciler::wire::SettingsUpdate {
+                heartbeat_period_ms: dispatcher_heartbeat.as_deref().map(ms).transpose()?,
+                heartbeat_grace,
+                prune_down_after_ms: match node_prune_after.as_deref() {
+                    None => None,
+                    Some("off") => Some(None),
+                    Some(d) => Some(Some(ms(d)?)),
+                },
+                node_cert_validity_ms: cert_expiry.as_deref().map(ms).transpose()?,
+                task_history_limit,
+            };
+            node::update(&client()?, update).await
+        }
         Command::Info { json } => node::info(&client()?, json).await,
         Command::Node(cmd) => {
             let c = client()?;

@@ -21,6 +21,7 @@ pub struct DaemonArgs {
     pub hostname: Option<String>,
     pub election_timeout_ms: Option<(u64, u64)>,
     pub raft_heartbeat_ms: Option<u64>,
+    pub snapshot_interval: Option<u64>,
 }
 
 /// Runs the node process until SIGINT or SIGTERM.
@@ -33,6 +34,9 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(hb) = args.raft_heartbeat_ms {
         raft.heartbeat_interval = hb;
+    }
+    if let Some(n) = args.snapshot_interval {
+        raft.snapshot_policy = openraft::SnapshotPolicy::LogsSinceLast(n.max(1));
     }
     let options = DaemonOptions {
         data_dir: args.data_dir.clone(),
@@ -96,6 +100,12 @@ pub async fn join_token(client: &Client, role: &str, quiet: bool, rotate: bool) 
     let info: Info = client.get("/v1/info").await?;
     println!("To add a {role} to this swarm, run the following command:\n");
     println!("    swarm join --token {} {}\n", t.token, info.node_addr);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn update(client: &Client, update: SettingsUpdate) -> anyhow::Result<ExitCode> {
+    let _: swarm_reconciler::cluster::Settings = client.post("/v1/cluster/update", &update).await?;
+    println!("Swarm updated.");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -164,6 +164,7 @@ fn operator_routes(daemon: Arc<Daemon>) -> Router<Arc<Daemon>> {
         .route("/v1/nodes/{id}/promote", post(promote))
         .route("/v1/nodes/{id}/demote", post(demote))
         .route("/v1/join-token/{role}", get(join_token))
+        .route("/v1/cluster/update", post(update_settings))
         .route_layer(axum::middleware::from_fn_with_state(daemon, on_leader))
 }
 
@@ -383,4 +384,14 @@ async fn join_token(
         }
     };
     d.join_token(role, q.rotate).await.map(|token| Json(Token { token }))
+}
+
+async fn update_settings(
+    State(d): State<Arc<Daemon>>,
+    Extension(peer): Peer,
+    local: Local,
+    Json(req): Json<SettingsUpdate>,
+) -> ApiResult<crate::cluster::Settings> {
+    operator(&peer, &local)?;
+    d.update_settings(req).await.map(Json)
 }

@@ -102,6 +102,9 @@ pub struct Node {
     pub description: NodeDescription,
     pub created_at: UnixMillis,
     pub updated_at: UnixMillis,
+    /// When `status` last changed (for pruning nodes that stay Down).
+    #[serde(default)]
+    pub status_changed_at: UnixMillis,
 }
 
 impl Object for Node {
@@ -122,8 +125,6 @@ pub struct Settings {
     pub prune_down_after_ms: Option<u64>,
     /// Lifetime of node certificates.
     pub node_cert_validity_ms: u64,
-    /// Raft snapshot interval in log entries.
-    pub snapshot_interval: u64,
     /// Finished tasks kept per slot.
     pub task_history_limit: u32,
 }
@@ -135,7 +136,6 @@ impl Default for Settings {
             heartbeat_grace: 3,
             prune_down_after_ms: None,
             node_cert_validity_ms: 90 * 24 * 3600 * 1000,
-            snapshot_interval: 10_000,
             task_history_limit: 5,
         }
     }
@@ -175,6 +175,52 @@ impl Object for Cluster {
 }
 
 pub const CLUSTER_KEY: &str = "cluster";
+
+/// What the leader's node monitor decides for one node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeTransition {
+    /// No heartbeat for longer than the grace: the node is Down.
+    MarkDown(String),
+    /// A worker Down for longer than `prune_down_after_ms`: removed from the cluster.
+    Prune(String),
+}
+
+/// The node monitor's decision (pure): which nodes missed their heartbeats, and which Down workers to prune.
+///
+/// `last_seen` gives, per node id, milliseconds since its last heartbeat; nodes without one count from when this
+/// manager became leader (`leading_for_ms`), so a new leader gives every node a full grace period.
+pub fn node_transitions(
+    nodes: &[Node],
+    last_seen: &dyn Fn(&str) -> Option<u64>,
+    leading_for_ms: u64,
+    self_id: &str,
+    settings: &Settings,
+    now: UnixMillis,
+) -> Vec<NodeTransition> {
+    let grace = settings
+        .heartbeat_period_ms
+        .saturating_mul(u64::from(settings.heartbeat_grace.max(1)));
+    let mut out = Vec::new();
+    for node in nodes.iter().filter(|n| n.id != self_id) {
+        match node.status {
+            NodeStatus::Down => {
+                let prune = settings.prune_down_after_ms.is_some_and(|after| {
+                    node.role == Role::Worker && now.saturating_sub(node.status_changed_at) > after
+                });
+                if prune {
+                    out.push(NodeTransition::Prune(node.id.clone()));
+                }
+            }
+            NodeStatus::Ready | NodeStatus::Unknown => {
+                let silent_for = last_seen(&node.id).map_or(leading_for_ms, |ms| ms.min(leading_for_ms));
+                if silent_for > grace {
+                    out.push(NodeTransition::MarkDown(node.id.clone()));
+                }
+            }
+        }
+    }
+    out
+}
 
 /// Finds the node an id (or a unique prefix of one, or a hostname) names, as Docker's CLI resolves node arguments.
 pub fn resolve_node<'a>(nodes: &'a [Node], wanted: &str) -> Result<&'a Node, String> {
@@ -224,6 +270,7 @@ mod tests {
             },
             created_at: 0,
             updated_at: 0,
+            status_changed_at: 0,
         }
     }
 
@@ -235,6 +282,48 @@ mod tests {
         assert_eq!(resolve_node(&nodes, "b").unwrap().id, "xqzdef");
         assert!(resolve_node(&nodes, "x").unwrap_err().contains("ambiguous"));
         assert_eq!(resolve_node(&nodes, "zzz").unwrap_err(), "node zzz not found");
+    }
+
+    #[test]
+    fn silent_nodes_go_down_after_the_grace_and_new_leaders_give_a_full_grace() {
+        let nodes = vec![node("a", "a"), node("b", "b"), node("me", "me")];
+        let settings = Settings::default(); // 1 s × 3
+        let seen = |id: &str| match id {
+            "a" => Some(3_500),
+            "b" => Some(500),
+            _ => None,
+        };
+        let t = node_transitions(&nodes, &seen, 60_000, "me", &settings, 0);
+        assert_eq!(t, vec![NodeTransition::MarkDown("a".into())]);
+        // Leading for only 2 s: nobody is Down yet, whatever the heartbeat map says.
+        assert!(node_transitions(&nodes, &seen, 2_000, "me", &settings, 0).is_empty());
+        // No heartbeat at all since this manager leads: Down once the grace has passed.
+        assert_eq!(
+            node_transitions(&nodes, &|_| None, 3_001, "me", &settings, 0),
+            vec![
+                NodeTransition::MarkDown("a".into()),
+                NodeTransition::MarkDown("b".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn down_workers_are_pruned_only_when_asked_and_managers_never() {
+        let mut down = node("w", "w");
+        down.status = NodeStatus::Down;
+        down.status_changed_at = 1_000;
+        let mut manager = down.clone();
+        manager.id = "m".into();
+        manager.role = Role::Manager;
+        let nodes = vec![down, manager];
+        let mut settings = Settings::default();
+        assert!(node_transitions(&nodes, &|_| None, 0, "x", &settings, 10_000_000).is_empty());
+        settings.prune_down_after_ms = Some(60_000);
+        assert!(node_transitions(&nodes, &|_| None, 0, "x", &settings, 61_000).is_empty());
+        assert_eq!(
+            node_transitions(&nodes, &|_| None, 0, "x", &settings, 61_001),
+            vec![NodeTransition::Prune("w".into())]
+        );
     }
 
     #[test]

@@ -332,6 +332,7 @@ impl Daemon {
             description: self.options.description.clone(),
             created_at: now,
             updated_at: now,
+            status_changed_at: now,
         }
     }
 
@@ -759,11 +760,13 @@ impl Daemon {
             if let Some(c) = m.cluster() {
                 info.heartbeat_period_ms = c.settings.heartbeat_period_ms;
                 info.heartbeat_grace = c.settings.heartbeat_grace;
-                info.snapshot_interval = c.settings.snapshot_interval;
             }
             let raft = &self.options.manager.raft;
             info.election_timeout_ms = format!("{}-{}", raft.election_timeout_min, raft.election_timeout_max);
             info.raft_heartbeat_ms = raft.heartbeat_interval;
+            if let openraft::SnapshotPolicy::LogsSinceLast(n) = raft.snapshot_policy {
+                info.snapshot_interval = n;
+            }
         }
         info
     }
@@ -822,6 +825,7 @@ impl Daemon {
             description: req.description,
             created_at: now,
             updated_at: now,
+            status_changed_at: now,
         };
         m.write(Request {
             guards: vec![],
@@ -1144,6 +1148,48 @@ impl Daemon {
         }
         self.remove_node_record(&m, &node.id, revision).await?;
         Ok(node.id)
+    }
+
+    /// `swarm update`: changes cluster settings (checked, then written with a guard).
+    pub async fn update_settings(&self, update: SettingsUpdate) -> Result<Settings, DaemonError> {
+        let m = self.require_manager()?;
+        let (mut cluster, revision) = store::get::<Cluster>(&m.sm, crate::cluster::CLUSTER_KEY)
+            .ok_or_else(|| DaemonError::Refused("the cluster is not initialized".into()))?;
+        let s = &mut cluster.settings;
+        if let Some(p) = update.heartbeat_period_ms {
+            if !(10..=60_000).contains(&p) {
+                return Err(DaemonError::Refused(
+                    "the heartbeat period must be between 10ms and 1m".into(),
+                ));
+            }
+            s.heartbeat_period_ms = p;
+        }
+        if let Some(g) = update.heartbeat_grace {
+            if g == 0 {
+                return Err(DaemonError::Refused(
+                    "the heartbeat grace must be at least 1 missed beat".into(),
+                ));
+            }
+            s.heartbeat_grace = g;
+        }
+        if let Some(p) = update.prune_down_after_ms {
+            s.prune_down_after_ms = p;
+        }
+        if let Some(v) = update.node_cert_validity_ms {
+            if v < 3_600_000 {
+                return Err(DaemonError::Refused(
+                    "node certificates must be valid for at least 1h".into(),
+                ));
+            }
+            s.node_cert_validity_ms = v;
+        }
+        if let Some(l) = update.task_history_limit {
+            s.task_history_limit = l;
+        }
+        if let store::Response::GuardFailed { .. } = m.write(crate::manager::guarded_put(&cluster, revision)).await? {
+            return Err(DaemonError::Refused("the cluster changed meanwhile; try again".into()));
+        }
+        Ok(cluster.settings)
     }
 
     pub async fn join_token(&self, role: Role, rotate: bool) -> Result<String, DaemonError> {

@@ -19,12 +19,14 @@ use crate::cluster::now_millis;
 use crate::cluster::Cluster;
 use crate::cluster::Node;
 use crate::cluster::NodeStatus;
+use crate::cluster::NodeTransition;
 use crate::cluster::CLUSTER_KEY;
 use crate::raftnet::Network;
 use crate::raftnet::PeerClient;
 use crate::store;
 use crate::store::typ;
 use crate::store::NodeId;
+use crate::store::Object as _;
 use crate::store::Peer;
 use crate::store::Request;
 use crate::store::Response;
@@ -305,37 +307,73 @@ impl Manager {
                 node.status = NodeStatus::Ready;
                 node.status_message = String::new();
                 node.updated_at = now_millis();
+                node.status_changed_at = node.updated_at;
                 self.write(guarded_put(&node, revision)).await?;
             }
         }
         Ok(())
     }
 
-    /// Leader only: marks nodes Down whose heartbeats stopped for longer than the grace. Returns the ones marked.
-    pub async fn check_heartbeats(&self) -> Result<Vec<String>, ManagerError> {
+    /// Leader only: marks nodes Down whose heartbeats stopped for longer than the grace, and prunes workers Down for
+    /// longer than the cluster's prune setting (off by default). Returns what it did.
+    pub async fn check_heartbeats(&self) -> Result<Vec<NodeTransition>, ManagerError> {
         let now = Instant::now();
         let Some(since) = self.leader_since() else {
             return Ok(vec![]);
         };
-        let settings = self.cluster().map(|c| c.settings).unwrap_or_default();
-        let grace = Duration::from_millis(settings.heartbeat_period_ms * u64::from(settings.heartbeat_grace.max(1)));
+        let Some((mut cluster, cluster_rev)) = store::get::<Cluster>(&self.sm, CLUSTER_KEY) else {
+            return Ok(vec![]);
+        };
         let beats = self.heartbeats.lock().map(|b| b.clone()).unwrap_or_default();
-        let mut marked = Vec::new();
-        for (node, revision) in store::list::<Node>(&self.sm) {
-            if node.status == NodeStatus::Down || node.id == self.node_id {
-                continue;
-            }
-            let last = beats.get(&node.id).copied().unwrap_or(since).max(since);
-            if now.duration_since(last) > grace {
-                let mut down = node.clone();
-                down.status = NodeStatus::Down;
-                down.status_message = "heartbeat failure".into();
-                down.updated_at = now_millis();
-                self.write(guarded_put(&down, revision)).await?;
-                marked.push(node.id);
+        let seen = |id: &str| beats.get(id).map(|t| now.duration_since(*t).as_millis() as u64);
+        let nodes = self.nodes();
+        let leading_for = now.duration_since(since).as_millis() as u64;
+        let decided = crate::cluster::node_transitions(
+            &nodes,
+            &seen,
+            leading_for,
+            &self.node_id,
+            &cluster.settings,
+            now_millis(),
+        );
+        for transition in &decided {
+            match transition {
+                NodeTransition::MarkDown(id) => {
+                    let Some((mut node, revision)) = self.node(id) else {
+                        continue;
+                    };
+                    node.status = NodeStatus::Down;
+                    node.status_message = "heartbeat failure".into();
+                    node.updated_at = now_millis();
+                    node.status_changed_at = node.updated_at;
+                    self.write(guarded_put(&node, revision)).await?;
+                }
+                NodeTransition::Prune(id) => {
+                    let Some((_, revision)) = self.node(id) else { continue };
+                    cluster.removed_nodes.insert(id.clone());
+                    let request = Request {
+                        guards: vec![
+                            store::Guard::Revision {
+                                table: Node::TABLE.into(),
+                                key: id.clone(),
+                                revision,
+                            },
+                            store::Guard::Revision {
+                                table: Cluster::TABLE.into(),
+                                key: CLUSTER_KEY.into(),
+                                revision: cluster_rev,
+                            },
+                        ],
+                        ops: vec![store::delete::<Node>(id), store::put(&cluster)],
+                    };
+                    self.write(request).await?;
+                    tracing::info!(node = %id, "pruned a node that stayed down");
+                    // The cluster record changed: one prune per pass keeps its guard valid.
+                    break;
+                }
             }
         }
-        Ok(marked)
+        Ok(decided)
     }
 
     fn leader_since(&self) -> Option<Instant> {

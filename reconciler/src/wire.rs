@@ -164,3 +164,14 @@ pub struct Info {
     pub ca_expiry_unix: u64,
     pub cert_expiry_unix: u64,
 }
+
+/// `swarm update`: only the given settings change.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SettingsUpdate {
+    pub heartbeat_period_ms: Option<u64>,
+    pub heartbeat_grace: Option<u32>,
+    /// `Some(None)` turns pruning off.
+    pub prune_down_after_ms: Option<Option<u64>>,
+    pub node_cert_validity_ms: Option<u64>,
+    pub task_history_limit: Option<u32>,
+}

@@ -276,18 +276,13 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: typ::AppendEntriesRequest,
         _option: RPCOption,
     ) -> Result<typ::AppendEntriesResponse, typ::RPCError> {
-        if let Some(first) = rpc.entries.first() {
-            if first.log_id.index != rpc.prev_log_id.map_or(0, |p| p.index + 1) {
-                let m = self.router.raft(self.from).map(|r| r.metrics().borrow().to_string());
-                eprintln!(
-                    "DIAG GAP {}->{}: vote {} prev {:?} entries {:?} sender {:?}",
-                    self.from,
-                    self.to,
-                    rpc.vote,
-                    rpc.prev_log_id,
-                    rpc.entries.iter().map(|e| e.log_id.to_string()).collect::<Vec<_>>(),
-                    m
-                );
+        if let Some(m) = self.router.raft(self.from).map(|r| r.metrics().borrow().clone()) {
+            if m.vote != rpc.vote {
+                let gap = rpc
+                    .entries
+                    .first()
+                    .is_some_and(|f| f.log_id.index != rpc.prev_log_id.map_or(0, |p| p.index + 1));
+                eprintln!("DIAG STALE {:?} {}->{}: rpc vote {} prev {:?} entries {:?} | sender {:?} term {} vote {} gap={gap}", std::time::Instant::now(), self.from, self.to, rpc.vote, rpc.prev_log_id.map(|p| p.to_string()), rpc.entries.iter().map(|e| e.log_id.to_string()).collect::<Vec<_>>(), m.state, m.current_term, m.vote);
             }
         }
         self.send(rpc, |raft, rpc| async move { raft.append_entries(rpc).await })
