@@ -18,6 +18,7 @@ pub mod normalize;
 pub mod schema;
 pub mod shape;
 pub mod spec;
+pub mod task;
 pub mod units;
 pub mod yaml;
 

@@ -1,0 +1,1 @@
+//! The docker driver (being written).
