@@ -1,6 +1,8 @@
 //! swarm-agent: what every node runs for its tasks.
 //!
 //! - [`driver`]: the `Driver` trait and its two implementations, `docker` (containers through the Docker Engine,
-//!   with bollard) and `process` (child processes), which the task state machine drives.
+//!   with bollard) and `process` (child processes), which the task state machine drives;
+//! - [`machine`]: the per-task state machine, a pure step function advancing a task one state at a time.
 
 pub mod driver;
+pub mod machine;
