@@ -2,7 +2,9 @@
 //!
 //! - [`driver`]: the `Driver` trait and its two implementations, `docker` (containers through the Docker Engine,
 //!   with bollard) and `process` (child processes), which the task state machine drives;
-//! - [`machine`]: the per-task state machine, a pure step function advancing a task one state at a time.
+//! - [`machine`]: the per-task state machine, a pure step function advancing a task one state at a time;
+//! - [`supervisor`]: one loop per assigned task driving that machine, woken by driver events and assignments.
 
 pub mod driver;
 pub mod machine;
+pub mod supervisor;

@@ -43,8 +43,12 @@ pub enum Observed {
     /// Created (prepared) but not started.
     Created,
     /// Running; `healthy` is None without a healthcheck, Some(false) while starting or unhealthy.
-    Running { healthy: Option<bool> },
-    Exited { code: i64 },
+    Running {
+        healthy: Option<bool>,
+    },
+    Exited {
+        code: i64,
+    },
     /// Nothing of this task exists on the node (never created, or removed behind our back).
     Missing,
 }
@@ -104,7 +108,8 @@ pub trait Driver: Send + Sync {
     fn start<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, Result<(), DriverError>>;
     fn inspect<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, Result<Observed, DriverError>>;
     /// Sends the stop signal, waits up to `grace`, then kills.
-    fn stop<'a>(&'a self, task_id: &'a str, signal: &'a str, grace: Duration) -> BoxFuture<'a, Result<(), DriverError>>;
+    fn stop<'a>(&'a self, task_id: &'a str, signal: &'a str, grace: Duration)
+        -> BoxFuture<'a, Result<(), DriverError>>;
     fn remove<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, Result<(), DriverError>>;
     /// Every task of ours that exists on this node (by label / state file), to adopt after a restart.
     fn list(&self) -> BoxFuture<'_, Result<Vec<(String, Observed)>, DriverError>>;

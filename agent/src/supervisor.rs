@@ -1,0 +1,301 @@
+//! The supervisor: keeps one small loop per assigned task that drives the state machine against the task's driver,
+//! wakes it on driver events and assignment changes, adopts what a previous run left behind, and removes what is
+//! no longer assigned. It never loses a task: a task leaves its map only once its runtime object is gone.
+
+use std::collections::BTreeMap;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use futures_util::StreamExt as _;
+use swarm_specs::task::Task;
+use swarm_specs::task::TaskState;
+use swarm_specs::task::TaskStatus;
+use tokio::sync::mpsc;
+use tokio::sync::watch;
+
+use crate::driver::Driver;
+use crate::driver::DriverError;
+use crate::driver::Observed;
+use crate::driver::TaskRun;
+use crate::machine;
+use crate::machine::Action;
+
+/// A status change to report to the managers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusUpdate {
+    pub task_id: String,
+    pub status: TaskStatus,
+}
+
+/// How often a task's loop looks at its runtime even without events (missed events are covered by this resync).
+pub const RESYNC: Duration = Duration::from_secs(1);
+
+struct Entry {
+    /// The latest assignment (desired state, spec); the loop reads it on every step.
+    task: watch::Sender<Task>,
+    /// Set when the task is no longer assigned to this node: the loop stops and removes it.
+    unassigned: watch::Sender<bool>,
+}
+
+pub struct Supervisor {
+    node_id: String,
+    drivers: BTreeMap<String, Arc<dyn Driver>>,
+    tasks: Mutex<HashMap<String, Entry>>,
+    reports: mpsc::UnboundedSender<StatusUpdate>,
+    /// Wakes a task's loop: a driver event for it arrived.
+    wake: Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
+}
+
+fn now_millis() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl Supervisor {
+    /// `drivers` by name (`docker`, `process`); status changes are sent to `reports`.
+    pub fn new(
+        node_id: &str,
+        drivers: Vec<Arc<dyn Driver>>,
+        reports: mpsc::UnboundedSender<StatusUpdate>,
+    ) -> Arc<Supervisor> {
+        let drivers = drivers.into_iter().map(|d| (d.name().to_string(), d)).collect();
+        let supervisor = Arc::new(Supervisor {
+            node_id: node_id.to_string(),
+            drivers,
+            tasks: Mutex::new(HashMap::new()),
+            reports,
+            wake: Mutex::new(HashMap::new()),
+        });
+        for driver in supervisor.drivers.values() {
+            tokio::spawn(forward_events(Arc::downgrade(&supervisor), driver.clone()));
+        }
+        supervisor
+    }
+
+    pub fn driver(&self, name: &str) -> Option<Arc<dyn Driver>> {
+        self.drivers.get(name).cloned()
+    }
+
+    /// The driver names this node can run now (the docker driver only while its engine answers).
+    pub async fn available_drivers(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (name, driver) in &self.drivers {
+            if driver.available().await {
+                out.push(name.clone());
+            }
+        }
+        out
+    }
+
+    /// Task ids the supervisor currently runs.
+    pub fn task_ids(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self.tasks.lock().map(|t| t.keys().cloned().collect()).unwrap_or_default();
+        ids.sort();
+        ids
+    }
+
+    /// The complete set of tasks assigned to this node (first message of a session): starts new ones, updates
+    /// known ones, and stops and removes everything else of ours — also what a previous run left behind.
+    pub async fn assign_all(self: &Arc<Self>, tasks: Vec<Task>) {
+        let assigned: std::collections::HashSet<String> = tasks.iter().map(|t| t.id.clone()).collect();
+        for task in tasks {
+            self.assign(task);
+        }
+        let known = self.task_ids();
+        for id in known.iter().filter(|id| !assigned.contains(*id)) {
+            self.unassign(id);
+        }
+        // Leftovers from before a restart that the managers no longer assign.
+        for driver in self.drivers.values() {
+            let Ok(found) = driver.list().await else { continue };
+            for (id, observed) in found {
+                if !assigned.contains(&id) && observed != Observed::Missing {
+                    tracing::info!(task = %id, driver = driver.name(), "removing a task that is no longer assigned");
+                    let _ = driver.stop(&id, "SIGTERM", Duration::from_secs(10)).await;
+                    let _ = driver.remove(&id).await;
+                }
+            }
+        }
+    }
+
+    /// A new or changed assignment.
+    pub fn assign(self: &Arc<Self>, task: Task) {
+        let Ok(mut tasks) = self.tasks.lock() else { return };
+        if let Some(entry) = tasks.get(&task.id) {
+            entry.task.send_replace(task);
+            return;
+        }
+        let (task_tx, task_rx) = watch::channel(task.clone());
+        let (gone_tx, gone_rx) = watch::channel(false);
+        tasks.insert(task.id.clone(), Entry { task: task_tx, unassigned: gone_tx });
+        drop(tasks);
+        let notify = Arc::new(tokio::sync::Notify::new());
+        if let Ok(mut wake) = self.wake.lock() {
+            wake.insert(task.id.clone(), notify.clone());
+        }
+        tokio::spawn(self.clone().run_task(task_rx, gone_rx, notify));
+    }
+
+    /// The task is no longer assigned to this node: stop and remove it.
+    pub fn unassign(&self, task_id: &str) {
+        if let Ok(tasks) = self.tasks.lock() {
+            if let Some(entry) = tasks.get(task_id) {
+                entry.unassigned.send_replace(true);
+            }
+        }
+    }
+
+    fn wake(&self, task_id: &str) {
+        if let Some(n) = self.wake.lock().ok().and_then(|w| w.get(task_id).cloned()) {
+            n.notify_one();
+        }
+    }
+
+    fn report(&self, task_id: &str, status: TaskStatus) {
+        let _ = self.reports.send(StatusUpdate { task_id: task_id.to_string(), status });
+    }
+
+    fn run_for(&self, task: &Task) -> TaskRun {
+        let mut env = BTreeMap::new();
+        env.insert("SWARM_TASK_ID".to_string(), task.id.clone());
+        env.insert("SWARM_SERVICE_NAME".to_string(), task.service.clone());
+        env.insert("SWARM_NODE_ID".to_string(), self.node_id.clone());
+        if let Some(slot) = task.slot {
+            env.insert("SWARM_TASK_SLOT".to_string(), slot.to_string());
+        }
+        TaskRun {
+            task_id: task.id.clone(),
+            service: task.service.clone(),
+            slot: task.slot,
+            node_id: self.node_id.clone(),
+            stack: task.spec.container_labels.get(swarm_specs::spec::STACK_NAMESPACE_LABEL).cloned(),
+            name: task.container_name(),
+            spec: task.spec.clone(),
+            env,
+        }
+    }
+
+    /// One task's loop: step, act, report; wait for a change; until the task is gone.
+    async fn run_task(
+        self: Arc<Self>,
+        mut task_rx: watch::Receiver<Task>,
+        mut gone_rx: watch::Receiver<bool>,
+        notify: Arc<tokio::sync::Notify>,
+    ) {
+        let first = task_rx.borrow().clone();
+        let id = first.id.clone();
+        let driver_name = match first.spec.driver {
+            swarm_specs::spec::Driver::Docker => "docker",
+            swarm_specs::spec::Driver::Process => "process",
+        };
+        let mut current = first.status.clone();
+        let Some(driver) = self.driver(driver_name) else {
+            let mut status = TaskStatus::new(TaskState::Rejected, now_millis(), "rejected");
+            status.err = Some(format!("node {} cannot run the {driver_name} driver", self.node_id));
+            self.report(&id, status);
+            let _ = gone_rx.wait_for(|g| *g).await;
+            self.forget(&id);
+            return;
+        };
+        loop {
+            if *gone_rx.borrow() {
+                let grace = Duration::from_millis(task_rx.borrow().spec.stop_grace_period_ms);
+                let signal = task_rx.borrow().spec.stop_signal.clone().unwrap_or_else(|| "SIGTERM".into());
+                let _ = driver.stop(&id, &signal, grace).await;
+                let _ = driver.remove(&id).await;
+                self.forget(&id);
+                return;
+            }
+            let task = task_rx.borrow().clone();
+            let observed = match driver.inspect(&id).await {
+                Ok(o) => o,
+                Err(e) => {
+                    tracing::warn!(task = %id, "cannot inspect: {e}");
+                    wait_change(&mut task_rx, &mut gone_rx, &notify).await;
+                    continue;
+                }
+            };
+            let step = machine::step(task.desired_state, current.state, &observed);
+            let acted: Result<(), DriverError> = match step.action {
+                Action::Wait => Ok(()),
+                Action::Report => Ok(()),
+                Action::Prepare => driver.prepare(&self.run_for(&task)).await,
+                Action::Start => driver.start(&id).await,
+                Action::Stop => {
+                    let grace = Duration::from_millis(task.spec.stop_grace_period_ms);
+                    let signal = task.spec.stop_signal.clone().unwrap_or_else(|| "SIGTERM".into());
+                    driver.stop(&id, &signal, grace).await
+                }
+                Action::Remove => driver.remove(&id).await,
+            };
+            match (acted, step.report) {
+                (Ok(()), Some(r)) => {
+                    let mut status = TaskStatus::new(r.state, now_millis(), r.message);
+                    status.err = r.err;
+                    status.exit_code = r.exit_code;
+                    if current.advance(status.clone()) {
+                        self.report(&id, status);
+                    } else {
+                        wait_change(&mut task_rx, &mut gone_rx, &notify).await;
+                    }
+                }
+                (Ok(()), None) if step.action == Action::Wait => {
+                    wait_change(&mut task_rx, &mut gone_rx, &notify).await;
+                }
+                (Ok(()), None) => {}
+                (Err(e), _) => {
+                    // The driver could not do it: the task ends here (the orchestrator replaces failed tasks).
+                    let state = if matches!(e, DriverError::Rejected(_)) { TaskState::Rejected } else { TaskState::Failed };
+                    let mut status = TaskStatus::new(state, now_millis(), step_name(&step.action));
+                    status.err = Some(e.to_string());
+                    if current.advance(status.clone()) {
+                        self.report(&id, status);
+                    }
+                    wait_change(&mut task_rx, &mut gone_rx, &notify).await;
+                }
+            }
+        }
+    }
+
+    fn forget(&self, task_id: &str) {
+        if let Ok(mut tasks) = self.tasks.lock() {
+            tasks.remove(task_id);
+        }
+        if let Ok(mut wake) = self.wake.lock() {
+            wake.remove(task_id);
+        }
+    }
+}
+
+fn step_name(action: &Action) -> &'static str {
+    match action {
+        Action::Prepare => "preparing",
+        Action::Start => "starting",
+        Action::Stop => "stopping",
+        Action::Remove => "removing",
+        Action::Wait | Action::Report => "",
+    }
+}
+
+/// Waits for a new assignment, an unassignment, a driver event, or the periodic resync.
+async fn wait_change(
+    task_rx: &mut watch::Receiver<Task>,
+    gone_rx: &mut watch::Receiver<bool>,
+    notify: &tokio::sync::Notify,
+) {
+    tokio::select! {
+        _ = task_rx.changed() => {}
+        _ = gone_rx.changed() => {}
+        _ = notify.notified() => {}
+        _ = tokio::time::sleep(RESYNC) => {}
+    }
+}
+
+async fn forward_events(supervisor: std::sync::Weak<Supervisor>, driver: Arc<dyn Driver>) {
+    let mut events = driver.events();
+    while let Some(event) = events.next().await {
+        let Some(s) = supervisor.upgrade() else { return };
+        s.wake(&event.task_id);
+    }
+}
