@@ -90,6 +90,60 @@ impl Client {
         self.call::<(), T>("DELETE", path, None).await
     }
 
+    /// A GET whose answer is a stream of lines (NDJSON), handed to `each` as they arrive.
+    pub async fn stream_lines(&self, path: &str, mut each: impl FnMut(&str)) -> anyhow::Result<()> {
+        let mut buffer: Vec<u8> = Vec::new();
+        let mut feed = |chunk: &[u8], each: &mut dyn FnMut(&str)| {
+            buffer.extend_from_slice(chunk);
+            while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = buffer.drain(..=end).collect();
+                each(String::from_utf8_lossy(&line).trim_end());
+            }
+        };
+        match self {
+            Client::Unix(socket) => {
+                let stream = tokio::net::UnixStream::connect(socket)
+                    .await
+                    .with_context(|| format!("cannot connect to the swarm daemon at {}", socket.display()))?;
+                let (mut sender, connection) =
+                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                });
+                let request = hyper::Request::builder()
+                    .uri(path)
+                    .header("host", "swarm")
+                    .body(Full::new(Bytes::new()))?;
+                let response = sender.send_request(request).await?;
+                let status = response.status().as_u16();
+                let mut body = response.into_body();
+                if !(200..300).contains(&status) {
+                    let bytes = body.collect().await?.to_bytes();
+                    let message = serde_json::from_slice::<ApiError>(&bytes)
+                        .map(|e| e.message)
+                        .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
+                    anyhow::bail!("{message}");
+                }
+                while let Some(frame) = body.frame().await {
+                    if let Ok(data) = frame?.into_data() {
+                        feed(&data, &mut each);
+                    }
+                }
+            }
+            Client::Https { base, http } => {
+                let mut response = http.get(format!("{base}{path}")).send().await?;
+                if !response.status().is_success() {
+                    let message = response.json::<ApiError>().await.map(|e| e.message).unwrap_or_default();
+                    anyhow::bail!("{message}");
+                }
+                while let Some(chunk) = response.chunk().await? {
+                    feed(&chunk, &mut each);
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn call<B: Serialize, T: DeserializeOwned>(
         &self,
         method: &str,

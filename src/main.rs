@@ -69,6 +69,9 @@ enum Command {
         /// Raft log entries between snapshots (default 10000).
         #[arg(long, value_name = "N")]
         snapshot_interval: Option<u64>,
+        /// Run tasks as processes only, even when a Docker Engine is reachable.
+        #[arg(long)]
+        no_docker: bool,
     },
     /// Make this node the first manager of a new swarm.
     Init {
@@ -134,6 +137,9 @@ enum Command {
     /// Manage nodes.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Low-level task commands for testing the dispatcher and agents (services come with `swarm apply`).
+    #[command(subcommand, hide = true)]
+    Debug(DebugCommand),
     /// Check stack files: exit 0 when valid, 1 when not; warnings go to stderr.
     Validate {
         #[command(flatten)]
@@ -222,6 +228,47 @@ enum NodeCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum DebugCommand {
+    /// Assign one task to a node directly (what the orchestrator and scheduler will do).
+    Run {
+        /// Node id, unique id prefix or hostname.
+        #[arg(long)]
+        node: String,
+        #[arg(long, default_value = "process", value_parser = ["process", "docker"])]
+        driver: String,
+        #[arg(long)]
+        image: Option<String>,
+        #[arg(long, default_value = "debug")]
+        service: String,
+        #[arg(long, default_value_t = 1)]
+        slot: u64,
+        /// Stop grace period in milliseconds.
+        #[arg(long, default_value_t = 10_000)]
+        grace_ms: u64,
+        #[arg(required = true, last = true)]
+        command: Vec<String>,
+    },
+    /// Change a task's desired state (running, shutdown, remove).
+    Desire {
+        task: String,
+        #[arg(value_parser = ["running", "shutdown", "remove"])]
+        state: String,
+    },
+    /// Print every task as JSON.
+    Tasks,
+    /// Print a task's output.
+    Logs {
+        task: String,
+        #[arg(short, long)]
+        follow: bool,
+        #[arg(long)]
+        tail: Option<usize>,
+        #[arg(short, long)]
+        timestamps: bool,
+    },
+}
+
 fn parse_range(text: &str) -> Result<(u64, u64), String> {
     let (a, b) = text.split_once('-').ok_or("expected MIN-MAX, e.g. 150-300")?;
     let a: u64 = a
@@ -267,6 +314,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             election_timeout,
             raft_heartbeat,
             snapshot_interval,
+            no_docker,
         } => {
             let socket = socket
                 .or_else(|| {
@@ -282,6 +330,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 election_timeout_ms: election_timeout,
                 raft_heartbeat_ms: raft_heartbeat,
                 snapshot_interval,
+                no_docker,
             };
             node::daemon(args).await
         }
@@ -338,6 +387,28 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             node::update(&client()?, update).await
         }
         Command::Info { json } => node::info(&client()?, json).await,
+        Command::Debug(cmd) => {
+            let c = client()?;
+            match cmd {
+                DebugCommand::Run {
+                    node,
+                    driver,
+                    image,
+                    service,
+                    slot,
+                    grace_ms,
+                    command,
+                } => node::debug_run(&c, &node, &driver, image, &service, slot, grace_ms, command).await,
+                DebugCommand::Desire { task, state } => node::debug_desire(&c, &task, &state).await,
+                DebugCommand::Tasks => node::debug_tasks(&c).await,
+                DebugCommand::Logs {
+                    task,
+                    follow,
+                    tail,
+                    timestamps,
+                } => node::debug_logs(&c, &task, follow, tail, timestamps).await,
+            }
+        }
         Command::Node(cmd) => {
             let c = client()?;
             match cmd {

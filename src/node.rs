@@ -22,6 +22,8 @@ pub struct DaemonArgs {
     pub election_timeout_ms: Option<(u64, u64)>,
     pub raft_heartbeat_ms: Option<u64>,
     pub snapshot_interval: Option<u64>,
+    /// Do not offer the docker driver (process driver only).
+    pub no_docker: bool,
 }
 
 /// Runs the node process until SIGINT or SIGTERM.
@@ -38,8 +40,10 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<ExitCode> {
     if let Some(n) = args.snapshot_interval {
         raft.snapshot_policy = openraft::SnapshotPolicy::LogsSinceLast(n.max(1));
     }
+    let docker_socket = std::path::PathBuf::from("/var/run/docker.sock");
     let options = DaemonOptions {
         data_dir: args.data_dir.clone(),
+        docker_socket: (!args.no_docker).then_some(docker_socket),
         manager: ManagerConfig {
             raft,
             ..ManagerConfig::default()
@@ -344,4 +348,97 @@ fn url_segment(id: &str) -> String {
     id.chars()
         .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         .collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+pub async fn debug_run(
+    client: &Client,
+    node: &str,
+    driver: &str,
+    image: Option<String>,
+    service: &str,
+    slot: u64,
+    grace_ms: u64,
+    command: Vec<String>,
+) -> anyhow::Result<ExitCode> {
+    use swarm_specs::spec::Driver;
+    use swarm_specs::task::Task;
+    use swarm_specs::task::TaskState;
+    use swarm_specs::task::TaskStatus;
+    let target: Node = client.get(&format!("/v1/nodes/{}", url_segment(node))).await?;
+    let driver = if driver == "docker" {
+        Driver::Docker
+    } else {
+        Driver::Process
+    };
+    let mut spec = swarm_specs::spec::TaskSpec::with_command(driver, image, command);
+    spec.stop_grace_period_ms = grace_ms;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)?;
+    let task = Task {
+        id: swarm_reconciler::ca::new_id(),
+        service: service.to_string(),
+        slot: Some(slot),
+        node_id: Some(target.id.clone()),
+        spec_version: 1,
+        spec,
+        desired_state: TaskState::Running,
+        status: TaskStatus::new(TaskState::Assigned, now, "assigned"),
+        created_at: now,
+    };
+    let _: Empty = client.post("/v1/tasks", &vec![task.clone()]).await?;
+    println!("{}", task.id);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn debug_desire(client: &Client, id: &str, state: &str) -> anyhow::Result<ExitCode> {
+    use swarm_specs::task::Task;
+    use swarm_specs::task::TaskState;
+    let tasks: Vec<Task> = client.get("/v1/tasks").await?;
+    let matches: Vec<&Task> = tasks.iter().filter(|t| t.id.starts_with(id)).collect();
+    let [task] = matches.as_slice() else {
+        anyhow::bail!("task {id:?} matches {} tasks", matches.len())
+    };
+    let mut task = (*task).clone();
+    task.desired_state = match state {
+        "running" => TaskState::Running,
+        "shutdown" => TaskState::Shutdown,
+        _ => TaskState::Remove,
+    };
+    let _: Empty = client.post("/v1/tasks", &vec![task]).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn debug_tasks(client: &Client) -> anyhow::Result<ExitCode> {
+    let tasks: Vec<swarm_specs::task::Task> = client.get("/v1/tasks").await?;
+    println!("{}", serde_json::to_string_pretty(&tasks)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn debug_logs(
+    client: &Client,
+    id: &str,
+    follow: bool,
+    tail: Option<usize>,
+    timestamps: bool,
+) -> anyhow::Result<ExitCode> {
+    let mut query = format!("?follow={follow}&timestamps={timestamps}");
+    if let Some(n) = tail {
+        query.push_str(&format!("&tail={n}"));
+    }
+    let path = format!("/v1/tasks/{}/logs{query}", url_segment(id));
+    client
+        .stream_lines(&path, |line| {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
+                let text = v.get("line").and_then(|l| l.as_str()).unwrap_or_default();
+                if v.get("stream").and_then(|s| s.as_str()) == Some("stderr") {
+                    eprintln!("{text}");
+                } else {
+                    println!("{text}");
+                }
+            }
+        })
+        .await?;
+    Ok(ExitCode::SUCCESS)
 }

@@ -49,7 +49,10 @@ pub struct Supervisor {
 }
 
 fn now_millis() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl Supervisor {
@@ -90,7 +93,11 @@ impl Supervisor {
 
     /// Task ids the supervisor currently runs.
     pub fn task_ids(&self) -> Vec<String> {
-        let mut ids: Vec<String> = self.tasks.lock().map(|t| t.keys().cloned().collect()).unwrap_or_default();
+        let mut ids: Vec<String> = self
+            .tasks
+            .lock()
+            .map(|t| t.keys().cloned().collect())
+            .unwrap_or_default();
         ids.sort();
         ids
     }
@@ -128,7 +135,13 @@ impl Supervisor {
         }
         let (task_tx, task_rx) = watch::channel(task.clone());
         let (gone_tx, gone_rx) = watch::channel(false);
-        tasks.insert(task.id.clone(), Entry { task: task_tx, unassigned: gone_tx });
+        tasks.insert(
+            task.id.clone(),
+            Entry {
+                task: task_tx,
+                unassigned: gone_tx,
+            },
+        );
         drop(tasks);
         let notify = Arc::new(tokio::sync::Notify::new());
         if let Ok(mut wake) = self.wake.lock() {
@@ -153,7 +166,10 @@ impl Supervisor {
     }
 
     fn report(&self, task_id: &str, status: TaskStatus) {
-        let _ = self.reports.send(StatusUpdate { task_id: task_id.to_string(), status });
+        let _ = self.reports.send(StatusUpdate {
+            task_id: task_id.to_string(),
+            status,
+        });
     }
 
     fn run_for(&self, task: &Task) -> TaskRun {
@@ -169,7 +185,11 @@ impl Supervisor {
             service: task.service.clone(),
             slot: task.slot,
             node_id: self.node_id.clone(),
-            stack: task.spec.container_labels.get(swarm_specs::spec::STACK_NAMESPACE_LABEL).cloned(),
+            stack: task
+                .spec
+                .container_labels
+                .get(swarm_specs::spec::STACK_NAMESPACE_LABEL)
+                .cloned(),
             name: task.container_name(),
             spec: task.spec.clone(),
             env,
@@ -201,7 +221,12 @@ impl Supervisor {
         loop {
             if *gone_rx.borrow() {
                 let grace = Duration::from_millis(task_rx.borrow().spec.stop_grace_period_ms);
-                let signal = task_rx.borrow().spec.stop_signal.clone().unwrap_or_else(|| "SIGTERM".into());
+                let signal = task_rx
+                    .borrow()
+                    .spec
+                    .stop_signal
+                    .clone()
+                    .unwrap_or_else(|| "SIGTERM".into());
                 let _ = driver.stop(&id, &signal, grace).await;
                 let _ = driver.remove(&id).await;
                 self.forget(&id);
@@ -246,7 +271,11 @@ impl Supervisor {
                 (Ok(()), None) => {}
                 (Err(e), _) => {
                     // The driver could not do it: the task ends here (the orchestrator replaces failed tasks).
-                    let state = if matches!(e, DriverError::Rejected(_)) { TaskState::Rejected } else { TaskState::Failed };
+                    let state = if matches!(e, DriverError::Rejected(_)) {
+                        TaskState::Rejected
+                    } else {
+                        TaskState::Failed
+                    };
                     let mut status = TaskStatus::new(state, now_millis(), step_name(&step.action));
                     status.err = Some(e.to_string());
                     if current.advance(status.clone()) {

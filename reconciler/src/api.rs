@@ -26,6 +26,8 @@ use crate::store::Request;
 use crate::tls::LocalClient;
 use crate::tls::PeerIdentity;
 use crate::wire::*;
+use futures_util::StreamExt as _;
+use swarm_specs::task::Task;
 
 type Peer = Extension<Option<PeerIdentity>>;
 type Local = Option<Extension<LocalClient>>;
@@ -94,6 +96,9 @@ pub fn cluster_router(daemon: Arc<Daemon>) -> Router {
         .route("/v1/internal/write", post(internal_write))
         .route("/v1/certs/renew", post(renew))
         .route("/v1/leave", post(node_left))
+        .route("/v1/dispatcher/session", get(dispatcher_session))
+        .route("/v1/dispatcher/status", post(dispatcher_status))
+        .route("/v1/dispatcher/logs/{request}", post(dispatcher_logs))
         .merge(operator_routes(daemon.clone()))
         .with_state(daemon)
 }
@@ -147,9 +152,10 @@ async fn on_leader(
         .await;
     match forwarded {
         Ok(r) => {
+            // Streamed through, so that followed logs flow as they come.
             let status = StatusCode::from_u16(r.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-            let bytes = r.bytes().await.unwrap_or_default();
-            (status, [("content-type", "application/json")], bytes).into_response()
+            let body = axum::body::Body::from_stream(r.bytes_stream());
+            (status, [("content-type", "application/json")], body).into_response()
         }
         Err(e) => DaemonError::Remote(format!("cannot reach the leader at {}: {e}", leader.addr)).into_response(),
     }
@@ -165,6 +171,8 @@ fn operator_routes(daemon: Arc<Daemon>) -> Router<Arc<Daemon>> {
         .route("/v1/nodes/{id}/demote", post(demote))
         .route("/v1/join-token/{role}", get(join_token))
         .route("/v1/cluster/update", post(update_settings))
+        .route("/v1/tasks", get(list_tasks).post(put_tasks))
+        .route("/v1/tasks/{id}/logs", get(task_logs))
         .route_layer(axum::middleware::from_fn_with_state(daemon, on_leader))
 }
 
@@ -177,6 +185,11 @@ async fn raft_append(
 ) -> Result<Json<Result<openraft::raft::AppendEntriesResponse<u64>, typ::RaftError>>, DaemonError> {
     manager_peer(&peer)?;
     let m = d.require_manager()?;
+    if !crate::store::is_contiguous(&req) {
+        return Err(DaemonError::Refused(
+            "AppendEntries entries do not follow prev_log_id: refused".into(),
+        ));
+    }
     Ok(Json(m.raft.append_entries(req).await))
 }
 
@@ -394,4 +407,156 @@ async fn update_settings(
 ) -> ApiResult<crate::cluster::Settings> {
     operator(&peer, &local)?;
     d.update_settings(req).await.map(Json)
+}
+
+/// The leader's dispatcher, or the answer that sends a node to the leader (with its address in a header).
+fn leader_dispatcher(d: &Daemon) -> Result<Arc<crate::dispatcher::Dispatcher>, Box<Response>> {
+    let m = d.require_manager().map_err(|e| Box::new(e.into_response()))?;
+    if m.is_leader() {
+        if let Some(dispatcher) = d.dispatcher() {
+            return Ok(dispatcher);
+        }
+    }
+    let leader = m.leader().map(|(_, p)| p.addr).unwrap_or_default();
+    let body = Json(ApiError {
+        message: format!("not the leader; the leader is {leader:?}"),
+    });
+    let answer = (
+        StatusCode::MISDIRECTED_REQUEST,
+        [(crate::node_agent::LEADER_HEADER, leader)],
+        body,
+    );
+    Err(Box::new(answer.into_response()))
+}
+
+async fn dispatcher_session(State(d): State<Arc<Daemon>>, Extension(peer): Peer) -> Response {
+    let caller = match node(&peer) {
+        Ok(c) => c.clone(),
+        Err(e) => return e.into_response(),
+    };
+    let dispatcher = match leader_dispatcher(&d) {
+        Ok(x) => x,
+        Err(r) => return *r,
+    };
+    let rx = dispatcher.session(&caller.node_id);
+    let lines = tokio_stream::wrappers::ReceiverStream::new(rx).map(|m| {
+        let mut line = serde_json::to_vec(&m).unwrap_or_default();
+        line.push(b'\n');
+        Ok::<_, std::io::Error>(axum::body::Bytes::from(line))
+    });
+    (
+        StatusCode::OK,
+        [("content-type", "application/x-ndjson")],
+        axum::body::Body::from_stream(lines),
+    )
+        .into_response()
+}
+
+async fn dispatcher_status(
+    State(d): State<Arc<Daemon>>,
+    Extension(peer): Peer,
+    Json(report): Json<crate::dispatcher::StatusReport>,
+) -> Response {
+    let caller = match node(&peer) {
+        Ok(c) => c.clone(),
+        Err(e) => return e.into_response(),
+    };
+    match leader_dispatcher(&d) {
+        Ok(dispatcher) => {
+            dispatcher.report(&caller.node_id, report.updates);
+            Json(Empty {}).into_response()
+        }
+        Err(r) => *r,
+    }
+}
+
+async fn dispatcher_logs(
+    State(d): State<Arc<Daemon>>,
+    Extension(peer): Peer,
+    Path(request): Path<String>,
+    body: axum::body::Body,
+) -> Response {
+    if let Err(e) = node(&peer) {
+        return e.into_response();
+    }
+    let Some(sink) = d.dispatcher().and_then(|x| x.log_sink(&request)) else {
+        return DaemonError::NotFound(format!("no log request {request}")).into_response();
+    };
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let item = chunk.map_err(|e| std::io::Error::other(e.to_string()));
+        if sink.send(item).await.is_err() {
+            break;
+        }
+    }
+    Json(Empty {}).into_response()
+}
+
+async fn list_tasks(State(d): State<Arc<Daemon>>, Extension(peer): Peer, local: Local) -> ApiResult<Vec<Task>> {
+    operator(&peer, &local)?;
+    let m = d.require_manager()?;
+    Ok(Json(
+        crate::store::list::<Task>(&m.sm).into_iter().map(|(t, _)| t).collect(),
+    ))
+}
+
+/// Writes tasks as given (the orchestrator's job; exposed for tests and debugging as `swarm debug put-task`).
+async fn put_tasks(
+    State(d): State<Arc<Daemon>>,
+    Extension(peer): Peer,
+    local: Local,
+    Json(tasks): Json<Vec<Task>>,
+) -> ApiResult<Empty> {
+    operator(&peer, &local)?;
+    let m = d.require_manager()?;
+    let ops = tasks.iter().map(crate::store::put).collect();
+    m.write(Request { guards: vec![], ops }).await?;
+    Ok(Json(Empty {}))
+}
+
+#[derive(Deserialize)]
+struct LogQuery {
+    #[serde(default)]
+    follow: bool,
+    tail: Option<usize>,
+    #[serde(default)]
+    timestamps: bool,
+}
+
+async fn task_logs(
+    State(d): State<Arc<Daemon>>,
+    Extension(peer): Peer,
+    local: Local,
+    Path(id): Path<String>,
+    Query(q): Query<LogQuery>,
+) -> Response {
+    if let Err(e) = operator(&peer, &local) {
+        return e.into_response();
+    }
+    let result = async {
+        let m = d.require_manager()?;
+        let tasks: Vec<Task> = crate::store::list::<Task>(&m.sm).into_iter().map(|(t, _)| t).collect();
+        let matches: Vec<&Task> = tasks.iter().filter(|t| t.id.starts_with(&id)).collect();
+        let task = match matches.as_slice() {
+            [one] => (*one).clone(),
+            [] => return Err(DaemonError::NotFound(format!("task {id} not found"))),
+            _ => {
+                return Err(DaemonError::Refused(format!(
+                    "task id {id:?} is ambiguous; give more characters"
+                )))
+            }
+        };
+        let dispatcher = d
+            .dispatcher()
+            .ok_or_else(|| DaemonError::Refused("this manager is not the leader".into()))?;
+        Ok(dispatcher.request_logs(&task, q.follow, q.tail, q.timestamps).await?)
+    }
+    .await;
+    match result {
+        Ok(rx) => {
+            let body = axum::body::Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
+            (StatusCode::OK, [("content-type", "application/x-ndjson")], body).into_response()
+        }
+        Err(e) => e.into_response(),
+    }
 }

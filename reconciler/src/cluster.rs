@@ -187,19 +187,19 @@ pub enum NodeTransition {
 
 /// The node monitor's decision (pure): which nodes missed their heartbeats, and which Down workers to prune.
 ///
-/// `last_seen` gives, per node id, milliseconds since its last heartbeat; nodes without one count from when this
-/// manager became leader (`leading_for_ms`), so a new leader gives every node a full grace period.
+/// `last_seen` gives, per node id, milliseconds since its last heartbeat and the heartbeat period in force when it
+/// arrived (a node learns a new period only with its next beat, so its deadline follows the longer of the two);
+/// nodes without one count from when this manager became leader (`leading_for_ms`), so a new leader gives every
+/// node a full grace period.
 pub fn node_transitions(
     nodes: &[Node],
-    last_seen: &dyn Fn(&str) -> Option<u64>,
+    last_seen: &dyn Fn(&str) -> Option<(u64, u64)>,
     leading_for_ms: u64,
     self_id: &str,
     settings: &Settings,
     now: UnixMillis,
 ) -> Vec<NodeTransition> {
-    let grace = settings
-        .heartbeat_period_ms
-        .saturating_mul(u64::from(settings.heartbeat_grace.max(1)));
+    let beats = u64::from(settings.heartbeat_grace.max(1));
     let mut out = Vec::new();
     for node in nodes.iter().filter(|n| n.id != self_id) {
         match node.status {
@@ -212,8 +212,11 @@ pub fn node_transitions(
                 }
             }
             NodeStatus::Ready | NodeStatus::Unknown => {
-                let silent_for = last_seen(&node.id).map_or(leading_for_ms, |ms| ms.min(leading_for_ms));
-                if silent_for > grace {
+                let (silent_for, period) = match last_seen(&node.id) {
+                    Some((ms, period)) => (ms.min(leading_for_ms), period.max(settings.heartbeat_period_ms)),
+                    None => (leading_for_ms, settings.heartbeat_period_ms),
+                };
+                if silent_for > period.saturating_mul(beats) {
                     out.push(NodeTransition::MarkDown(node.id.clone()));
                 }
             }
@@ -289,8 +292,8 @@ mod tests {
         let nodes = vec![node("a", "a"), node("b", "b"), node("me", "me")];
         let settings = Settings::default(); // 1 s × 3
         let seen = |id: &str| match id {
-            "a" => Some(3_500),
-            "b" => Some(500),
+            "a" => Some((3_500, 1_000)),
+            "b" => Some((500, 1_000)),
             _ => None,
         };
         let t = node_transitions(&nodes, &seen, 60_000, "me", &settings, 0);
@@ -304,6 +307,23 @@ mod tests {
                 NodeTransition::MarkDown("a".into()),
                 NodeTransition::MarkDown("b".into())
             ]
+        );
+    }
+
+    #[test]
+    fn shortening_the_period_keeps_the_deadline_a_node_was_given_at_its_last_beat() {
+        let nodes = vec![node("a", "a")];
+        // The period was 1 s when "a" last beat, 700 ms ago; it is 200 ms now.
+        let settings = Settings {
+            heartbeat_period_ms: 200,
+            ..Settings::default()
+        };
+        let seen = |_: &str| Some((700, 1_000));
+        assert!(node_transitions(&nodes, &seen, 60_000, "me", &settings, 0).is_empty());
+        let seen = |_: &str| Some((3_100, 1_000));
+        assert_eq!(
+            node_transitions(&nodes, &seen, 60_000, "me", &settings, 0),
+            vec![NodeTransition::MarkDown("a".into())]
         );
     }
 

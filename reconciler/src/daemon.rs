@@ -22,6 +22,7 @@ use crate::cluster::Node;
 use crate::cluster::NodeDescription;
 use crate::cluster::NodeStatus;
 use crate::cluster::Settings;
+use crate::dispatcher::Dispatcher;
 use crate::manager::Manager;
 use crate::manager::ManagerConfig;
 use crate::manager::ManagerError;
@@ -31,6 +32,7 @@ use crate::store::Peer;
 use crate::store::Request;
 use crate::tls;
 use crate::wire::*;
+use swarm_agent::supervisor::Supervisor;
 
 /// Default port of the manager API and Raft, as Docker's 2377.
 pub const DEFAULT_PORT: u16 = 2377;
@@ -79,6 +81,8 @@ pub struct NodeState {
 #[derive(Debug, Clone)]
 pub struct DaemonOptions {
     pub data_dir: PathBuf,
+    /// The Docker Engine's socket for the docker driver (None: process driver only).
+    pub docker_socket: Option<PathBuf>,
     pub manager: ManagerConfig,
     /// What the node says about itself; probed at start (hostname, platform, resources, engine).
     pub description: NodeDescription,
@@ -104,7 +108,19 @@ pub struct Daemon {
     running: tokio::sync::Mutex<Option<Running>>,
     /// Quick access for request handlers; mirrors `running.manager`.
     manager: RwLock<Option<Arc<Manager>>>,
+    /// The leader's dispatcher (managers only; it answers only while this manager leads).
+    dispatcher: RwLock<Option<Arc<Dispatcher>>>,
+    /// The node's tasks: lives from joining to leaving, across role changes, so tasks never restart with them.
+    agent: std::sync::Mutex<Option<Agent>>,
+    /// Where the leader was last seen, to open the session there directly.
+    leader_hint: Arc<std::sync::Mutex<Option<String>>>,
     client: PeerClient,
+}
+
+/// The node's task runner and the loop reporting its status changes.
+struct Agent {
+    supervisor: Arc<Supervisor>,
+    stop: watch::Sender<bool>,
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
@@ -151,12 +167,66 @@ impl Daemon {
             state: RwLock::new(state),
             running: tokio::sync::Mutex::new(None),
             manager: RwLock::new(None),
+            dispatcher: RwLock::new(None),
+            agent: std::sync::Mutex::new(None),
+            leader_hint: Arc::new(std::sync::Mutex::new(None)),
             client,
         }))
     }
 
     pub fn state(&self) -> Option<NodeState> {
         self.state.read().ok().and_then(|s| s.clone())
+    }
+
+    pub fn dispatcher(&self) -> Option<Arc<Dispatcher>> {
+        self.dispatcher.read().ok().and_then(|d| d.clone())
+    }
+
+    pub fn supervisor(&self) -> Option<Arc<Supervisor>> {
+        self.agent
+            .lock()
+            .ok()
+            .and_then(|a| a.as_ref().map(|a| a.supervisor.clone()))
+    }
+
+    /// Starts the node's task runner once the node has an identity; keeps it across role changes.
+    fn ensure_agent(self: &Arc<Self>, state: &NodeState) -> Arc<Supervisor> {
+        let mut slot = self.agent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(agent) = slot.as_ref() {
+            return agent.supervisor.clone();
+        }
+        let tasks_dir = self.options.data_dir.join("tasks");
+        let mut drivers: Vec<Arc<dyn swarm_agent::driver::Driver>> = vec![Arc::new(
+            swarm_agent::driver::process::ProcessDriver::new(&tasks_dir, &state.node_id),
+        )];
+        if let Some(socket) = &self.options.docker_socket {
+            drivers.push(Arc::new(swarm_agent::driver::docker::DockerDriver::connect(
+                socket,
+                &state.node_id,
+            )));
+        }
+        let (reports, updates) = tokio::sync::mpsc::unbounded_channel();
+        let supervisor = Supervisor::new(&state.node_id, drivers, reports);
+        let (stop, stop_rx) = watch::channel(false);
+        let me = Arc::downgrade(self);
+        let managers: crate::node_agent::Managers = Arc::new(move || {
+            me.upgrade()
+                .and_then(|d| d.state())
+                .map(|s| s.managers)
+                .unwrap_or_default()
+        });
+        tokio::spawn(crate::node_agent::run_reporter(
+            updates,
+            self.client.clone(),
+            managers,
+            self.leader_hint.clone(),
+            stop_rx,
+        ));
+        *slot = Some(Agent {
+            supervisor: supervisor.clone(),
+            stop,
+        });
+        supervisor
     }
 
     pub fn manager(&self) -> Option<Arc<Manager>> {
@@ -290,6 +360,26 @@ impl Daemon {
                 server_cert = Some(cert);
                 manager = Some(m);
             }
+            let supervisor = self.ensure_agent(state);
+            let me = Arc::downgrade(self);
+            let managers: crate::node_agent::Managers = Arc::new(move || {
+                me.upgrade()
+                    .and_then(|d| d.state())
+                    .map(|s| s.managers)
+                    .unwrap_or_default()
+            });
+            tasks.push(tokio::spawn(crate::node_agent::run_session(
+                supervisor,
+                self.client.clone(),
+                managers,
+                self.leader_hint.clone(),
+                stop_rx.clone(),
+            )));
+            if let Some(m) = &manager {
+                if let Ok(mut slot) = self.dispatcher.write() {
+                    *slot = Some(Dispatcher::start(m.clone(), stop_rx.clone()));
+                }
+            }
             tasks.push(tokio::spawn(session_loop(self.clone(), stop_rx)));
             if let Ok(mut slot) = self.manager.write() {
                 *slot = manager.clone();
@@ -309,11 +399,27 @@ impl Daemon {
         if let Some(m) = &old.manager {
             m.shutdown().await;
         }
-        for t in old.tasks {
+        for t in &old.tasks {
             t.abort();
+        }
+        // Wait until they are gone: the API listener's port must be free before a new role binds it again.
+        for t in old.tasks {
+            let _ = t.await;
         }
         if let Ok(mut slot) = self.manager.write() {
             *slot = None;
+        }
+        if let Ok(mut slot) = self.dispatcher.write() {
+            *slot = None;
+        }
+    }
+
+    /// Stops and removes every task of this node and the task runner itself (on leave).
+    async fn stop_agent(&self) {
+        let agent = self.agent.lock().ok().and_then(|mut a| a.take());
+        if let Some(agent) = agent {
+            agent.supervisor.assign_all(Vec::new()).await;
+            let _ = agent.stop.send(true);
         }
     }
 
@@ -628,6 +734,20 @@ impl Daemon {
         Ok(())
     }
 
+    /// What the node reports about itself: fixed facts, plus the drivers it can run now and the engine version.
+    async fn current_description(&self) -> NodeDescription {
+        let mut description = self.options.description.clone();
+        if let Some(supervisor) = self.supervisor() {
+            description.drivers = supervisor.available_drivers().await;
+            if let Some(docker) = supervisor.driver("docker") {
+                if description.drivers.iter().any(|d| d == "docker") {
+                    description.engine_version = docker.engine_version().await;
+                }
+            }
+        }
+        description
+    }
+
     /// Gets a fresh certificate from a manager; the manager decides the role from the store.
     async fn renew_certificate(&self, state: &NodeState) -> Result<Certs, DaemonError> {
         let (key_pem, csr_pem) =
@@ -708,6 +828,7 @@ impl Daemon {
         if let Some(old) = self.running.lock().await.take() {
             self.stop_running(old).await;
         }
+        self.stop_agent().await;
         self.save_state(None)?;
         let _ = std::fs::remove_dir_all(self.raft_dir());
         let _ = std::fs::remove_dir_all(self.tls_dir());
@@ -1297,7 +1418,7 @@ async fn session_loop(daemon: Arc<Daemon>, mut stop: watch::Receiver<bool>) {
     loop {
         if let Some(state) = daemon.state() {
             let body = HeartbeatRequest {
-                description: daemon.options.description.clone(),
+                description: daemon.current_description().await,
             };
             let managers = state.managers.clone();
             let mut answered = None;

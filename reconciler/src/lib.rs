@@ -7,13 +7,17 @@
 //! - [`cluster`] holds the cluster's own objects (the cluster record, nodes);
 //! - [`manager`] is one manager: writes through the leader, quorum errors, heartbeats, membership changes;
 //! - [`raftnet`] carries Raft RPCs between managers; [`api`] serves the HTTP routes; [`wire`] their bodies;
-//! - [`daemon`] is `swarm daemon`: the node process that runs the roles and survives restarts.
+//! - [`daemon`] is `swarm daemon`: the node process that runs the roles and survives restarts;
+//! - [`dispatcher`] (leader) sends each node its tasks and batches their status reports into Raft;
+//!   [`node_agent`] is the node's end of that session, feeding the agent's supervisor.
 
 pub mod api;
 pub mod ca;
 pub mod cluster;
 pub mod daemon;
+pub mod dispatcher;
 pub mod manager;
+pub mod node_agent;
 pub mod plan;
 pub mod raftnet;
 pub mod store;

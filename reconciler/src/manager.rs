@@ -77,7 +77,9 @@ pub struct Manager {
     pub client: PeerClient,
     config: ManagerConfig,
     /// Leader only: when each node was last heard from. Not replicated (rule 1's exception).
-    heartbeats: Mutex<HashMap<String, Instant>>,
+    /// Each entry: when the beat arrived and the heartbeat period in force then (the node's deadline follows it,
+    /// so shortening the period does not mark nodes Down before they could know).
+    heartbeats: Mutex<HashMap<String, (Instant, u64)>>,
     /// Leader only: since when this manager leads (nodes get a full grace period after a leader change).
     leader_since: Mutex<Option<Instant>>,
 }
@@ -300,7 +302,8 @@ impl Manager {
     /// Leader only: a node reported in. Writes only the transition to Ready.
     pub async fn heartbeat(&self, node_id: &str) -> Result<(), ManagerError> {
         if let Ok(mut beats) = self.heartbeats.lock() {
-            beats.insert(node_id.to_string(), Instant::now());
+            let period = self.cluster().map(|c| c.settings.heartbeat_period_ms).unwrap_or(1_000);
+            beats.insert(node_id.to_string(), (Instant::now(), period));
         }
         if let Some((mut node, revision)) = self.node(node_id) {
             if node.status != NodeStatus::Ready {
@@ -325,7 +328,11 @@ impl Manager {
             return Ok(vec![]);
         };
         let beats = self.heartbeats.lock().map(|b| b.clone()).unwrap_or_default();
-        let seen = |id: &str| beats.get(id).map(|t| now.duration_since(*t).as_millis() as u64);
+        let seen = |id: &str| {
+            beats
+                .get(id)
+                .map(|(t, period)| (now.duration_since(*t).as_millis() as u64, *period))
+        };
         let nodes = self.nodes();
         let leading_for = now.duration_since(since).as_millis() as u64;
         let decided = crate::cluster::node_transitions(

@@ -121,6 +121,45 @@ pub struct TaskSpec {
     pub restart_policy: RestartPolicy,
 }
 
+impl TaskSpec {
+    /// A task spec with Swarm's defaults that runs `command` (with `image` for the docker driver).
+    pub fn with_command(driver: Driver, image: Option<String>, command: Vec<String>) -> TaskSpec {
+        TaskSpec {
+            driver,
+            image,
+            command: Some(command),
+            entrypoint: None,
+            env: BTreeMap::new(),
+            container_labels: BTreeMap::new(),
+            user: None,
+            working_dir: None,
+            hostname: None,
+            healthcheck: None,
+            stop_grace_period_ms: 10_000,
+            stop_signal: None,
+            networks: Vec::new(),
+            mounts: Vec::new(),
+            secrets: Vec::new(),
+            configs: Vec::new(),
+            logging: None,
+            extra_hosts: Vec::new(),
+            dns: Vec::new(),
+            dns_search: Vec::new(),
+            cap_add: Vec::new(),
+            cap_drop: Vec::new(),
+            ulimits: BTreeMap::new(),
+            init: false,
+            tty: false,
+            stdin_open: false,
+            read_only: false,
+            sysctls: BTreeMap::new(),
+            placement: Placement::default(),
+            resources: Resources::default(),
+            restart_policy: RestartPolicy::default(),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Healthcheck {
     /// `["NONE"]` disables the image's check; otherwise `["CMD", ...]` or `["CMD-SHELL", "..."]`.

@@ -93,7 +93,14 @@ pub struct TaskStatus {
 
 impl TaskStatus {
     pub fn new(state: TaskState, timestamp: u64, message: impl Into<String>) -> TaskStatus {
-        TaskStatus { state, timestamp, message: message.into(), err: None, exit_code: None, runtime_id: None }
+        TaskStatus {
+            state,
+            timestamp,
+            message: message.into(),
+            err: None,
+            exit_code: None,
+            runtime_id: None,
+        }
     }
 
     /// Applies a newer observation; a report of an earlier state than the current one is dropped (returns false).
@@ -160,6 +167,9 @@ mod tests {
         assert_eq!(status.state, TaskState::Running);
         assert!(status.advance(TaskStatus::new(TaskState::Failed, 12, "exited")));
         assert_eq!(status.state, TaskState::Failed);
-        assert!(!status.advance(TaskStatus::new(TaskState::Failed, 12, "exited")), "a duplicate is not news");
+        assert!(
+            !status.advance(TaskStatus::new(TaskState::Failed, 12, "exited")),
+            "a duplicate is not news"
+        );
     }
 }

@@ -120,6 +120,8 @@ pub struct Row {
 pub struct Info {
     pub local_node_state: String,
     pub node_id: String,
+    #[serde(default)]
+    pub cluster_id: String,
     pub is_manager: bool,
     pub managers: usize,
     pub nodes: usize,
@@ -413,6 +415,43 @@ impl Cluster {
         self.node(name).addr()
     }
 
+    /// POSTs `body` (JSON) to `path` on `manager`'s TLS port as the node `name`, with the certificate in its data
+    /// directory (what its daemon presents), through `curl`. Returns the HTTP status and the body; `Err` when
+    /// no HTTP answer came.
+    pub fn post_as(&self, name: &str, manager: &str, path: &str, body: &str) -> Result<(u16, String), String> {
+        let tls = self.node(name).dir.path().join("data").join("tls");
+        let port = self.node(manager).port;
+        let output = Command::new("curl")
+            .arg("--silent")
+            .arg("--show-error")
+            .args(["--max-time", "10"])
+            .arg("--cacert")
+            .arg(tls.join("ca.pem"))
+            .arg("--cert")
+            .arg(tls.join("node.pem"))
+            .arg("--key")
+            .arg(tls.join("node.key"))
+            // Managers' certificates name the role, not an address.
+            .args(["--resolve", &format!("swarm-manager:{port}:127.0.0.1")])
+            .args(["-H", "content-type: application/json"])
+            .args(["--data-binary", body])
+            .args(["--write-out", "\n%{http_code}"])
+            .arg(format!("https://swarm-manager:{port}{path}"))
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run curl: {e}"))?;
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        let (answer, code) = stdout.rsplit_once('\n').unwrap_or(("", stdout.as_str()));
+        match code.trim().parse::<u16>() {
+            Ok(code) if code != 0 && output.status.success() => Ok((code, answer.to_string())),
+            _ => Err(format!(
+                "curl {path} as {name} on {manager}: {}\n{stdout}\n{stderr}",
+                output.status
+            )),
+        }
+    }
+
     /// Runs `swarm -H <socket of name> LINE`, the line split on whitespace: `c.run("m1", "node ls")`.
     pub fn run(&self, name: &str, line: &str) -> Run {
         let args: Vec<&str> = line.split_whitespace().collect();
@@ -638,6 +677,35 @@ impl Cluster {
                 Ok(rows)
             },
         )
+    }
+
+    /// Waits until `node ls` on `manager` has shown `name` Ready at every poll for `period` in a row (e.g. settled
+    /// on a new heartbeat period). Returns its id.
+    pub fn wait_steady_ready(&self, manager: &str, name: &str, period: Duration) -> String {
+        let id = self.id(name);
+        let mut ready_since: Option<Instant> = None;
+        wait_until(
+            &format!("{name} is Ready on {manager} for {period:?} in a row"),
+            period + Duration::from_secs(10),
+            || {
+                let rows = self.try_node_ls(manager)?;
+                match rows.iter().find(|r| r.id == id) {
+                    Some(r) if r.status == "Ready" => {
+                        let since = *ready_since.get_or_insert_with(Instant::now);
+                        if since.elapsed() >= period {
+                            Ok(())
+                        } else {
+                            Err(format!("Ready for {:?} only", since.elapsed()))
+                        }
+                    }
+                    _ => {
+                        ready_since = None;
+                        Err(format!("{rows:#?}"))
+                    }
+                }
+            },
+        );
+        id
     }
 
     /// Waits until every running node among `names` names the same leader, one of `names`. Returns its name.

@@ -90,6 +90,19 @@ pub mod typ {
 }
 
 /// The log store and the state machine of one manager, sharing one redb file.
+/// Whether an AppendEntries request's entries follow its `prev_log_id` directly.
+///
+/// openraft 0.9.25 keeps a deposed leader's replication streams running: they can read the log as the new leader
+/// rewrote (and purged) it and send it under the old vote and the old `prev_log_id`, leaving a gap that Raft's log
+/// matching cannot see (openraft #1795). A receiver refuses such a request instead of appending it; the sender's
+/// stream is stale anyway and gives up once it learns the new vote.
+pub fn is_contiguous(request: &typ::AppendEntriesRequest) -> bool {
+    match request.entries.first() {
+        None => true,
+        Some(first) => first.log_id.index == request.prev_log_id.map_or(0, |prev| prev.index + 1),
+    }
+}
+
 pub struct Stores {
     pub log: LogStore,
     pub state_machine: StateMachineStore,

@@ -5,6 +5,7 @@
 //! off mid-call does not learn the outcome — like a real partition. A *held* node's messages are neither lost nor
 //! delivered: they wait, and arrive late once it is released — like a frozen process's socket buffers.
 
+use std::cmp::Ordering;
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -52,6 +53,50 @@ struct Links {
     blocked: BTreeSet<(NodeId, NodeId)>,
     /// Nodes whose messages (both ways) wait until they are released.
     held: BTreeSet<NodeId>,
+    /// AppendEntries requests whose entries do not start right after `prev_log_id`, in the order sent.
+    malformed: Vec<MalformedAppend>,
+}
+
+/// An AppendEntries request whose first entry is not at `prev_log_id.index + 1`: a gap (or overlap) Raft's log
+/// matching cannot see. The router refuses it, as the real receiver does, and records it for the simulations.
+#[derive(Debug, Clone)]
+pub struct MalformedAppend {
+    pub from: NodeId,
+    pub to: NodeId,
+    /// The vote the request carries (the sender's replication session).
+    pub vote: typ::Vote,
+    /// The sender's own vote when it sent the request; different from `vote` when the session is stale.
+    pub sender_vote: Option<typ::Vote>,
+    /// The target's vote when the request was sent; a target whose vote is not above `vote` accepts the request.
+    pub target_vote: Option<typ::Vote>,
+    pub prev_log_id: Option<typ::LogId>,
+    pub first: typ::LogId,
+}
+
+impl MalformedAppend {
+    /// Whether the target would have taken the request (its vote is not above the request's), had it not been
+    /// refused on arrival.
+    pub fn would_be_accepted(&self) -> bool {
+        self.target_vote
+            .is_some_and(|target| matches!(target.partial_cmp(&self.vote), Some(Ordering::Less | Ordering::Equal)))
+    }
+}
+
+impl std::fmt::Display for MalformedAppend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let vote = |v: &Option<typ::Vote>| v.map_or("-".to_string(), |v| v.to_string());
+        write!(
+            f,
+            "node {} (vote {}) sent node {} (vote {}) AppendEntries under vote {} with prev_log_id {}, first entry {}",
+            self.from,
+            vote(&self.sender_vote),
+            self.to,
+            vote(&self.target_vote),
+            self.vote,
+            self.prev_log_id.map_or("none".to_string(), |p| p.to_string()),
+            self.first,
+        )
+    }
 }
 
 impl Router {
@@ -142,6 +187,25 @@ impl Router {
         links.held.clear();
         drop(links);
         self.released.notify_waiters();
+    }
+
+    /// Every malformed AppendEntries sent so far (see [`MalformedAppend`]).
+    pub fn malformed(&self) -> Vec<MalformedAppend> {
+        self.links().malformed.clone()
+    }
+
+    fn record_malformed(&self, from: NodeId, to: NodeId, rpc: &typ::AppendEntriesRequest, first: typ::LogId) {
+        let vote_of = |id| self.raft(id).map(|raft| raft.metrics().borrow().vote);
+        let malformed = MalformedAppend {
+            from,
+            to,
+            vote: rpc.vote,
+            sender_vote: vote_of(from),
+            target_vote: vote_of(to),
+            prev_log_id: rpc.prev_log_id,
+            first,
+        };
+        self.links().malformed.push(malformed);
     }
 
     fn links(&self) -> std::sync::MutexGuard<'_, Links> {
@@ -276,14 +340,13 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: typ::AppendEntriesRequest,
         _option: RPCOption,
     ) -> Result<typ::AppendEntriesResponse, typ::RPCError> {
-        if let Some(m) = self.router.raft(self.from).map(|r| r.metrics().borrow().clone()) {
-            if m.vote != rpc.vote {
-                let gap = rpc
-                    .entries
-                    .first()
-                    .is_some_and(|f| f.log_id.index != rpc.prev_log_id.map_or(0, |p| p.index + 1));
-                eprintln!("DIAG STALE {:?} {}->{}: rpc vote {} prev {:?} entries {:?} | sender {:?} term {} vote {} gap={gap}", std::time::Instant::now(), self.from, self.to, rpc.vote, rpc.prev_log_id.map(|p| p.to_string()), rpc.entries.iter().map(|e| e.log_id.to_string()).collect::<Vec<_>>(), m.state, m.current_term, m.vote);
-            }
+        if let Some(first) = rpc.entries.first().filter(|_| !super::is_contiguous(&rpc)) {
+            // Refused as the real network's receiver refuses it (see `store::is_contiguous`); recorded for the tests.
+            self.router.record_malformed(self.from, self.to, &rpc, first.log_id);
+            return Err(Self::unreachable(Cut {
+                from: self.from,
+                to: self.to,
+            }));
         }
         self.send(rpc, |raft, rpc| async move { raft.append_entries(rpc).await })
             .await

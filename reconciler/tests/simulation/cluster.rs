@@ -3,6 +3,7 @@
 
 use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::PoisonError;
@@ -12,6 +13,7 @@ use openraft::error::Fatal;
 use openraft::ServerState;
 use serde_json::json;
 use swarm_reconciler::store;
+use swarm_reconciler::store::testing::MalformedAppend;
 use swarm_reconciler::store::testing::Router;
 use swarm_reconciler::store::typ;
 use swarm_reconciler::store::NodeId;
@@ -39,14 +41,25 @@ type WriteResult = Result<typ::ClientWriteResponse, typ::RaftError<typ::ClientWr
 /// A table's rows: key, value and mod revision.
 pub type Rows = Vec<(String, serde_json::Value, u64)>;
 
+/// Whether openraft is built to elect one leader per term (its `single-term-leader` feature). By default it is not:
+/// a leader is identified by (term, node id), totally ordered, so a term can have several leaders one after the
+/// other (a voter that granted (5, node 2) may later grant (5, node 3)); only the last can commit. Raft's "one
+/// leader per term" then reads "one leader per (term, node)", which holds by construction, so with the default
+/// the checks that carry the weight are: votes never go back, and no two nodes apply different entries at one
+/// index. The feature makes the committed leader id a bare term, which is how this tells the modes apart.
+const ONE_LEADER_PER_TERM: bool =
+    std::mem::size_of::<openraft::CommittedLeaderId<NodeId>>() == std::mem::size_of::<u64>();
+
 /// What the nodes reported over the run, and every way that broke an invariant.
 #[derive(Default)]
 pub struct Seen {
-    /// term → (its leader, the node that named it first).
-    leaders: BTreeMap<u64, (NodeId, NodeId)>,
-    /// The last term and applied index each node reported; neither may go back, not even across a restart.
-    terms: BTreeMap<NodeId, u64>,
+    /// term → the nodes some node named as its leader.
+    leaders: BTreeMap<u64, BTreeSet<NodeId>>,
+    /// The last vote and applied index each node reported; neither may go back, not even across a restart.
+    votes: BTreeMap<NodeId, typ::Vote>,
     applied: BTreeMap<NodeId, u64>,
+    /// index → the entry some node applied there, and that node: every node must apply the same entry.
+    entries: BTreeMap<u64, (typ::LogId, NodeId)>,
     pub violations: Vec<String>,
 }
 
@@ -63,28 +76,36 @@ impl Seen {
             }
         }
         if let Some(leader) = m.current_leader {
-            match self.leaders.entry(m.current_term) {
+            let leaders = self.leaders.entry(m.current_term).or_default();
+            leaders.insert(leader);
+            if ONE_LEADER_PER_TERM && leaders.len() > 1 {
+                self.violations.push(format!(
+                    "two leaders in term {}: {leaders:?} (node {} names {leader})",
+                    m.current_term, m.id
+                ));
+            }
+        }
+        if let Some(before) = self.votes.insert(m.id, m.vote) {
+            if m.vote.partial_cmp(&before) == Some(std::cmp::Ordering::Less) {
+                self.violations
+                    .push(format!("node {}'s vote went back from {before} to {}", m.id, m.vote));
+            }
+        }
+        if let Some(last) = m.last_applied {
+            match self.entries.entry(last.index) {
                 Entry::Vacant(e) => {
-                    e.insert((leader, m.id));
+                    e.insert((last, m.id));
                 }
-                Entry::Occupied(e) if e.get().0 != leader => {
-                    let (first, by) = *e.get();
+                Entry::Occupied(e) if e.get().0 != last => {
+                    let (other, by) = *e.get();
                     self.violations.push(format!(
-                        "two leaders in term {}: node {by} named {first}, node {} names {leader}",
-                        m.current_term, m.id
+                        "two entries applied at index {}: {other} on node {by}, {last} on node {}",
+                        last.index, m.id
                     ));
                 }
                 Entry::Occupied(_) => {}
             }
         }
-        let term = self.terms.entry(m.id).or_default();
-        if m.current_term < *term {
-            self.violations.push(format!(
-                "node {}'s term went back from {term} to {}",
-                m.id, m.current_term
-            ));
-        }
-        *term = m.current_term;
         let applied_now = m.last_applied.map_or(0, |l| l.index);
         let applied = self.applied.entry(m.id).or_default();
         if applied_now < *applied {
@@ -96,9 +117,10 @@ impl Seen {
         *applied = applied_now;
     }
 
-    /// How many terms had a leader.
-    pub fn terms_with_leader(&self) -> usize {
-        self.leaders.len()
+    /// How many terms had a leader, and how many of those had more than one.
+    pub fn leader_terms(&self) -> (usize, usize) {
+        let shared = self.leaders.values().filter(|leaders| leaders.len() > 1).count();
+        (self.leaders.len(), shared)
     }
 }
 
@@ -215,8 +237,13 @@ impl Sim {
         self.seen().violations.push(what);
     }
 
-    pub fn terms_with_leader(&self) -> usize {
-        self.seen().terms_with_leader()
+    pub fn leader_terms(&self) -> (usize, usize) {
+        self.seen().leader_terms()
+    }
+
+    /// The malformed AppendEntries requests the network carried (see [`MalformedAppend`]).
+    pub fn malformed(&self) -> Vec<MalformedAppend> {
+        self.router.malformed()
     }
 
     /// Applies a link step to the router (writes, crashes and restarts have their own methods).
@@ -285,6 +312,25 @@ impl Sim {
         }
     }
 
+    /// Writes `k{n} = n` on node `node` (whether it leads or not), waiting at most `within` for the answer; a write
+    /// still unanswered then is kept, like [`Self::write`]'s timed-out attempts.
+    pub async fn write_on(&mut self, node: NodeId, n: u64, within: Duration) -> Result<WriteResult, String> {
+        let raft = self.raft(node)?;
+        let mut call = tokio::spawn(async move { raft.client_write(put(n)).await });
+        match tokio::time::timeout(within, &mut call).await {
+            Ok(result) => result.map_err(|panic| format!("client_write of k{n} on node {node} panicked: {panic}")),
+            Err(_) => {
+                self.pending.push((n, call));
+                Err(format!("k{n} on node {node}: no answer within {within:?}"))
+            }
+        }
+    }
+
+    /// The metrics node `id` publishes now, if it runs.
+    pub fn metrics(&self, id: NodeId) -> Option<typ::RaftMetrics> {
+        self.router.raft(id).map(|raft| raft.metrics().borrow().clone())
+    }
+
     /// Shuts node `id` down, as a crash would stop it: nothing more reaches its store.
     pub async fn crash(&mut self, id: NodeId) -> Result<(), String> {
         if let Some(monitor) = self.monitors.remove(&id) {
@@ -330,6 +376,14 @@ impl Sim {
                     let m = metrics.borrow_and_update().clone();
                     seen.lock().unwrap_or_else(PoisonError::into_inner).observe(&m);
                     if metrics.changed().await.is_err() {
+                        // The Raft core owns the sender; a crash aborts this monitor before stopping the node, so
+                        // a closed channel means the core ended on its own (a panic: openraft reports no metrics).
+                        seen.lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .violations
+                            .push(format!(
+                                "node {id}'s Raft core stopped on its own (panicked); last metrics: {m}"
+                            ));
                         return;
                     }
                 }

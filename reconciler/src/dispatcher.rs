@@ -1,0 +1,381 @@
+//! The dispatcher (leader only): each node's session — the tasks assigned to it, as one full set and then changes,
+//! in bounded messages — and the status reports coming back, batched into Raft writes. Also relays task logs.
+
+use std::collections::BTreeMap;
+use std::collections::HashMap;
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde::Serialize;
+use swarm_specs::task::Task;
+use swarm_specs::task::TaskStatus;
+use tokio::sync::mpsc;
+
+use crate::manager::Manager;
+use crate::manager::ManagerError;
+use crate::store;
+use crate::store::Object;
+
+impl Object for Task {
+    const TABLE: &'static str = "tasks";
+    fn key(&self) -> String {
+        self.id.clone()
+    }
+}
+
+/// At most this many tasks travel in one session message, whatever the cluster's size.
+pub const MAX_TASKS_PER_MESSAGE: usize = 100;
+/// Status reports are written to Raft at most this often (one entry for all of them).
+pub const STATUS_BATCH_INTERVAL: Duration = Duration::from_millis(100);
+/// A session sends a ping this often, so both ends notice a dead connection.
+pub const SESSION_PING: Duration = Duration::from_secs(2);
+
+/// One line of a node's session stream (NDJSON).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SessionMessage {
+    /// The complete set of tasks assigned to the node follows, in `Tasks` messages, until `End`.
+    Begin,
+    /// Part of the complete set (between `Begin` and `End`), or — outside it — new or changed assignments.
+    Tasks {
+        tasks: Vec<Task>,
+    },
+    End,
+    /// These tasks are no longer assigned to the node.
+    Removed {
+        task_ids: Vec<String>,
+    },
+    /// Send this task's logs to `/v1/dispatcher/logs/{request}`.
+    Logs {
+        request: String,
+        task_id: String,
+        follow: bool,
+        tail: Option<usize>,
+        timestamps: bool,
+    },
+    Ping,
+}
+
+/// A batch of status reports from a node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub updates: Vec<(String, TaskStatus)>,
+}
+
+/// The pure part of status batching: which reported statuses change which tasks. A report for a task that is not
+/// on the reporting node, or that would move its observed state backwards, is dropped (rule 4).
+pub fn apply_reports(
+    tasks: &mut BTreeMap<String, Task>,
+    node_id: &str,
+    updates: Vec<(String, TaskStatus)>,
+) -> Vec<String> {
+    let mut changed = Vec::new();
+    for (id, status) in updates {
+        let Some(task) = tasks.get_mut(&id) else { continue };
+        if task.node_id.as_deref() != Some(node_id) {
+            continue;
+        }
+        if task.status.advance(status) && !changed.contains(&id) {
+            changed.push(id);
+        }
+    }
+    changed
+}
+
+/// The leader's dispatcher: live sessions and the status batcher.
+pub struct Dispatcher {
+    manager: Arc<Manager>,
+    /// Node id → the sender of its session stream (for log requests).
+    sessions: Mutex<HashMap<String, mpsc::Sender<SessionMessage>>>,
+    /// Log request id → where the lines go.
+    logs: Mutex<HashMap<String, mpsc::Sender<Result<bytes_type::Bytes, std::io::Error>>>>,
+    reports: mpsc::UnboundedSender<(String, Vec<(String, TaskStatus)>)>,
+}
+
+/// `bytes` comes through axum; named here to keep the imports short.
+mod bytes_type {
+    pub use axum::body::Bytes;
+}
+
+impl Dispatcher {
+    pub fn start(manager: Arc<Manager>, shutdown: tokio::sync::watch::Receiver<bool>) -> Arc<Dispatcher> {
+        let (reports, rx) = mpsc::unbounded_channel();
+        let d = Arc::new(Dispatcher {
+            manager: manager.clone(),
+            sessions: Mutex::new(HashMap::new()),
+            logs: Mutex::new(HashMap::new()),
+            reports,
+        });
+        tokio::spawn(batch_statuses(manager, rx, shutdown));
+        d
+    }
+
+    /// Queues a node's reports; they are written with the next batch.
+    pub fn report(&self, node_id: &str, updates: Vec<(String, TaskStatus)>) {
+        let _ = self.reports.send((node_id.to_string(), updates));
+    }
+
+    /// The stream of one node's session: full set first, then changes; ends when the connection does.
+    pub fn session(self: &Arc<Self>, node_id: &str) -> mpsc::Receiver<SessionMessage> {
+        let (tx, rx) = mpsc::channel(64);
+        if let Ok(mut s) = self.sessions.lock() {
+            s.insert(node_id.to_string(), tx.clone());
+        }
+        tokio::spawn(run_session(self.clone(), node_id.to_string(), tx));
+        rx
+    }
+
+    /// Asks the node that runs `task` for its logs; the lines arrive on the returned receiver.
+    pub async fn request_logs(
+        &self,
+        task: &Task,
+        follow: bool,
+        tail: Option<usize>,
+        timestamps: bool,
+    ) -> Result<mpsc::Receiver<Result<bytes_type::Bytes, std::io::Error>>, ManagerError> {
+        let node = task
+            .node_id
+            .clone()
+            .ok_or_else(|| ManagerError::Rejected("the task has no node yet".into()))?;
+        let session = self
+            .sessions
+            .lock()
+            .ok()
+            .and_then(|s| s.get(&node).cloned())
+            .ok_or_else(|| ManagerError::Rejected(format!("node {node} has no session with the leader: is it up?")))?;
+        let request = crate::ca::new_id();
+        let (tx, rx) = mpsc::channel(64);
+        if let Ok(mut l) = self.logs.lock() {
+            l.insert(request.clone(), tx);
+        }
+        let message = SessionMessage::Logs {
+            request,
+            task_id: task.id.clone(),
+            follow,
+            tail,
+            timestamps,
+        };
+        session
+            .send(message)
+            .await
+            .map_err(|_| ManagerError::Rejected(format!("node {node} went away")))?;
+        Ok(rx)
+    }
+
+    /// Where a node posts the log lines of a request.
+    pub fn log_sink(&self, request: &str) -> Option<mpsc::Sender<Result<bytes_type::Bytes, std::io::Error>>> {
+        self.logs.lock().ok().and_then(|mut l| l.remove(request))
+    }
+
+    fn end_session(&self, node_id: &str, tx: &mpsc::Sender<SessionMessage>) {
+        if let Ok(mut s) = self.sessions.lock() {
+            if s.get(node_id).is_some_and(|t| t.same_channel(tx)) {
+                s.remove(node_id);
+            }
+        }
+    }
+}
+
+async fn send_full(
+    sm: &store::StateMachineStore,
+    node_id: &str,
+    tx: &mpsc::Sender<SessionMessage>,
+) -> Option<(u64, HashSet<String>)> {
+    let (revision, rows) = sm.list_with_revision(Task::TABLE);
+    let mine: Vec<Task> = rows
+        .into_iter()
+        .filter_map(|(_, v, _)| serde_json::from_value::<Task>(v).ok())
+        .filter(|t| t.node_id.as_deref() == Some(node_id))
+        .collect();
+    let ids = mine.iter().map(|t| t.id.clone()).collect();
+    tx.send(SessionMessage::Begin).await.ok()?;
+    for chunk in mine.chunks(MAX_TASKS_PER_MESSAGE) {
+        tx.send(SessionMessage::Tasks { tasks: chunk.to_vec() }).await.ok()?;
+    }
+    tx.send(SessionMessage::End).await.ok()?;
+    Some((revision, ids))
+}
+
+async fn run_session(d: Arc<Dispatcher>, node_id: String, tx: mpsc::Sender<SessionMessage>) {
+    let sm = d.manager.sm.clone();
+    let mut watch = sm.subscribe();
+    let Some((mut revision, mut mine)) = send_full(&sm, &node_id, &tx).await else {
+        d.end_session(&node_id, &tx);
+        return;
+    };
+    let mut ping = tokio::time::interval(SESSION_PING);
+    loop {
+        tokio::select! {
+            _ = tx.closed() => break,
+            _ = ping.tick() => {
+                if tx.send(SessionMessage::Ping).await.is_err() { break; }
+            }
+            committed = watch.recv() => {
+                let committed = match committed {
+                    Ok(c) => c,
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        // Missed changes: resend the whole set.
+                        watch = sm.subscribe();
+                        match send_full(&sm, &node_id, &tx).await {
+                            Some((r, ids)) => { revision = r; mine = ids; continue; }
+                            None => break,
+                        }
+                    }
+                    Err(_) => break,
+                };
+                if committed.revision <= revision { continue; }
+                let mut changed = Vec::new();
+                let mut removed = Vec::new();
+                for change in committed.changes.iter().filter(|c| c.table == Task::TABLE) {
+                    let task = change.value.clone().and_then(|v| serde_json::from_value::<Task>(v).ok());
+                    match task {
+                        Some(t) if t.node_id.as_deref() == Some(node_id.as_str()) => {
+                            mine.insert(t.id.clone());
+                            changed.push(t);
+                        }
+                        _ if mine.remove(&change.key) => removed.push(change.key.clone()),
+                        _ => {}
+                    }
+                }
+                for chunk in changed.chunks(MAX_TASKS_PER_MESSAGE) {
+                    if tx.send(SessionMessage::Tasks { tasks: chunk.to_vec() }).await.is_err() { break; }
+                }
+                if !removed.is_empty() && tx.send(SessionMessage::Removed { task_ids: removed }).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    d.end_session(&node_id, &tx);
+}
+
+/// Writes queued status reports every `STATUS_BATCH_INTERVAL`, all in one guarded Raft entry.
+async fn batch_statuses(
+    manager: Arc<Manager>,
+    mut rx: mpsc::UnboundedReceiver<(String, Vec<(String, TaskStatus)>)>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let first = tokio::select! {
+            _ = shutdown.changed() => return,
+            r = rx.recv() => match r { Some(r) => r, None => return },
+        };
+        tokio::time::sleep(STATUS_BATCH_INTERVAL).await;
+        let mut pending = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            pending.push(more);
+        }
+        for _ in 0..5 {
+            let mut tasks: BTreeMap<String, Task> = BTreeMap::new();
+            let mut revisions: BTreeMap<String, u64> = BTreeMap::new();
+            for (_, updates) in &pending {
+                for (id, _) in updates {
+                    if let Some((t, rev)) = store::get::<Task>(&manager.sm, id) {
+                        revisions.insert(id.clone(), rev);
+                        tasks.insert(id.clone(), t);
+                    }
+                }
+            }
+            let mut changed: Vec<String> = Vec::new();
+            for (node, updates) in &pending {
+                for id in apply_reports(&mut tasks, node, updates.clone()) {
+                    if !changed.contains(&id) {
+                        changed.push(id);
+                    }
+                }
+            }
+            if changed.is_empty() {
+                break;
+            }
+            let request = store::Request {
+                guards: changed
+                    .iter()
+                    .map(|id| store::Guard::Revision {
+                        table: Task::TABLE.into(),
+                        key: id.clone(),
+                        revision: revisions.get(id).copied().unwrap_or(0),
+                    })
+                    .collect(),
+                ops: changed.iter().filter_map(|id| tasks.get(id)).map(store::put).collect(),
+            };
+            match manager.write(request).await {
+                Ok(store::Response::GuardFailed { .. }) => continue, // someone else wrote a task: read again
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!("cannot write task statuses: {e}");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use swarm_specs::task::TaskState;
+
+    fn task(id: &str, node: &str, state: TaskState) -> Task {
+        let spec = swarm_specs::spec::TaskSpec::with_command(
+            swarm_specs::spec::Driver::Process,
+            None,
+            vec!["true".to_string()],
+        );
+        Task {
+            id: id.into(),
+            service: "s_web".into(),
+            slot: Some(1),
+            node_id: Some(node.into()),
+            spec_version: 1,
+            spec,
+            desired_state: TaskState::Running,
+            status: TaskStatus::new(state, 0, ""),
+            created_at: 0,
+        }
+    }
+
+    #[test]
+    fn reports_apply_only_forward_and_only_from_the_tasks_node() {
+        let mut tasks = BTreeMap::from([
+            ("a".to_string(), task("a", "n1", TaskState::Running)),
+            ("b".to_string(), task("b", "n2", TaskState::Assigned)),
+        ]);
+        let changed = apply_reports(
+            &mut tasks,
+            "n1",
+            vec![
+                ("a".into(), TaskStatus::new(TaskState::Starting, 5, "late")), // backwards: dropped
+                ("b".into(), TaskStatus::new(TaskState::Running, 5, "not mine")), // other node: dropped
+                ("zzz".into(), TaskStatus::new(TaskState::Running, 5, "unknown")), // unknown: dropped
+            ],
+        );
+        assert!(changed.is_empty());
+        assert_eq!(tasks["a"].status.state, TaskState::Running);
+        let changed = apply_reports(
+            &mut tasks,
+            "n2",
+            vec![("b".into(), TaskStatus::new(TaskState::Accepted, 6, "ok"))],
+        );
+        assert_eq!(changed, vec!["b".to_string()]);
+        assert_eq!(tasks["b"].status.state, TaskState::Accepted);
+    }
+
+    #[test]
+    fn session_messages_are_ndjson_friendly() {
+        let line = serde_json::to_string(&SessionMessage::Removed {
+            task_ids: vec!["x".into()],
+        })
+        .unwrap();
+        assert_eq!(line, r#"{"type":"removed","task_ids":["x"]}"#);
+        let back: SessionMessage = serde_json::from_str(&line).unwrap();
+        assert_eq!(
+            back,
+            SessionMessage::Removed {
+                task_ids: vec!["x".into()]
+            }
+        );
+    }
+}
