@@ -72,6 +72,9 @@ enum Command {
         /// Run tasks as processes only, even when a Docker Engine is reachable.
         #[arg(long)]
         no_docker: bool,
+        /// The Docker Engine's unix socket for the docker driver.
+        #[arg(long, value_name = "PATH", default_value = "/var/run/docker.sock")]
+        docker_socket: PathBuf,
     },
     /// Make this node the first manager of a new swarm.
     Init {
@@ -255,6 +258,8 @@ enum DebugCommand {
         #[arg(value_parser = ["running", "shutdown", "remove"])]
         state: String,
     },
+    /// Reassign a task to another node (what the orchestrator does when a node is lost).
+    Move { task: String, node: String },
     /// Print every task as JSON.
     Tasks,
     /// Print a task's output.
@@ -315,6 +320,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             raft_heartbeat,
             snapshot_interval,
             no_docker,
+            docker_socket,
         } => {
             let socket = socket
                 .or_else(|| {
@@ -331,6 +337,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 raft_heartbeat_ms: raft_heartbeat,
                 snapshot_interval,
                 no_docker,
+                docker_socket,
             };
             node::daemon(args).await
         }
@@ -401,6 +408,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 } => node::debug_run(&c, &node, &driver, image, &service, slot, grace_ms, command).await,
                 DebugCommand::Desire { task, state } => node::debug_desire(&c, &task, &state).await,
                 DebugCommand::Tasks => node::debug_tasks(&c).await,
+                DebugCommand::Move { task, node: target } => node::debug_move(&c, &task, &target).await,
                 DebugCommand::Logs {
                     task,
                     follow,

@@ -24,6 +24,8 @@ pub struct DaemonArgs {
     pub snapshot_interval: Option<u64>,
     /// Do not offer the docker driver (process driver only).
     pub no_docker: bool,
+    /// The Docker Engine's socket.
+    pub docker_socket: PathBuf,
 }
 
 /// Runs the node process until SIGINT or SIGTERM.
@@ -40,7 +42,7 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<ExitCode> {
     if let Some(n) = args.snapshot_interval {
         raft.snapshot_policy = openraft::SnapshotPolicy::LogsSinceLast(n.max(1));
     }
-    let docker_socket = std::path::PathBuf::from("/var/run/docker.sock");
+    let docker_socket = args.docker_socket.clone();
     let options = DaemonOptions {
         data_dir: args.data_dir.clone(),
         docker_socket: (!args.no_docker).then_some(docker_socket),
@@ -440,5 +442,25 @@ pub async fn debug_logs(
             }
         })
         .await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn debug_move(client: &Client, id: &str, node: &str) -> anyhow::Result<ExitCode> {
+    use swarm_specs::task::Task;
+    use swarm_specs::task::TaskState;
+    use swarm_specs::task::TaskStatus;
+    let target: Node = client.get(&format!("/v1/nodes/{}", url_segment(node))).await?;
+    let tasks: Vec<Task> = client.get("/v1/tasks").await?;
+    let matches: Vec<&Task> = tasks.iter().filter(|t| t.id.starts_with(id)).collect();
+    let [task] = matches.as_slice() else {
+        anyhow::bail!("task {id:?} matches {} tasks", matches.len())
+    };
+    let mut task = (*task).clone();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)?;
+    task.node_id = Some(target.id);
+    task.status = TaskStatus::new(TaskState::Assigned, now, "assigned");
+    let _: Empty = client.post("/v1/tasks", &vec![task]).await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -742,6 +742,7 @@ impl Daemon {
             if let Some(docker) = supervisor.driver("docker") {
                 if description.drivers.iter().any(|d| d == "docker") {
                     description.engine_version = docker.engine_version().await;
+                    description.engine_labels = docker.engine_labels().await;
                 }
             }
         }

@@ -8,6 +8,7 @@
 //! - The engine may come and go: the client is (re)connected and the API version (re)negotiated on the first call
 //!   after a connection failure; unreachable engine → [`DriverError::Unavailable`].
 
+use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::path::Path;
@@ -155,6 +156,27 @@ impl Driver for DockerDriver {
                     None
                 }
             }
+        })
+    }
+
+    fn engine_labels(&self) -> BoxFuture<'_, BTreeMap<String, String>> {
+        Box::pin(async move {
+            let Ok(docker) = self.inner.client().await else {
+                return BTreeMap::new();
+            };
+            let labels = docker
+                .info()
+                .await
+                .ok()
+                .and_then(|info| info.labels)
+                .unwrap_or_default();
+            labels
+                .iter()
+                .map(|l| match l.split_once('=') {
+                    Some((k, v)) => (k.to_string(), v.to_string()),
+                    None => (l.clone(), String::new()),
+                })
+                .collect()
         })
     }
 

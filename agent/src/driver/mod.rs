@@ -102,6 +102,10 @@ pub trait Driver: Send + Sync {
     fn available(&self) -> BoxFuture<'_, bool>;
     /// The engine version to report for the node, when there is an engine.
     fn engine_version(&self) -> BoxFuture<'_, Option<String>>;
+    /// The engine's own labels (`dockerd --label`), which placement constraints can name as `engine.labels.K`.
+    fn engine_labels(&self) -> BoxFuture<'_, BTreeMap<String, String>> {
+        Box::pin(async { BTreeMap::new() })
+    }
     /// Gets everything ready without starting: image (pulled when missing; failure reported, naming image and
     /// node), volumes, the container or the prepared process.
     fn prepare<'a>(&'a self, task: &'a TaskRun) -> BoxFuture<'a, Result<(), DriverError>>;
