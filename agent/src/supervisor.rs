@@ -233,7 +233,13 @@ impl Supervisor {
                 return;
             }
             let task = task_rx.borrow().clone();
-            let observed = match driver.inspect(&id).await {
+            // Before Ready nothing of ours runs yet, and preparing is idempotent: no need to ask the runtime.
+            let observed = if current.state < TaskState::Ready && task.desired_state < TaskState::Shutdown {
+                Ok(Observed::Missing)
+            } else {
+                driver.inspect(&id).await
+            };
+            let observed = match observed {
                 Ok(o) => o,
                 Err(e) => {
                     tracing::warn!(task = %id, "cannot inspect: {e}");

@@ -64,11 +64,19 @@ async fn one_session(
     leader_hint: &Arc<std::sync::Mutex<Option<String>>>,
 ) -> Result<(), String> {
     let http = client.get();
-    let response = http
-        .get(format!("https://{addr}/v1/dispatcher/session"))
-        .send()
-        .await
-        .map_err(|e| e.to_string())?;
+    let sent = http.get(format!("https://{addr}/v1/dispatcher/session")).send().await;
+    let response = match sent {
+        Ok(r) => r,
+        Err(e) => {
+            // The hinted leader is gone: forget it, so the next attempt asks the other managers.
+            if let Ok(mut h) = leader_hint.lock() {
+                if h.as_deref() == Some(addr) {
+                    *h = None;
+                }
+            }
+            return Err(e.to_string());
+        }
+    };
     if !response.status().is_success() {
         let leader = response
             .headers()

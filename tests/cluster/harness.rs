@@ -756,6 +756,31 @@ impl Cluster {
     }
 }
 
+/// Kills the process-driver tasks of these nodes: they run in sessions of their own and outlive their daemon (so
+/// that an agent restart adopts them), so a test must end them itself. They carry `SWARM_NODE_ID` in their
+/// environment.
+fn kill_tasks_of(node_ids: &[String]) {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        let ours = environ.split(|b| *b == 0).any(|var| {
+            node_ids
+                .iter()
+                .any(|id| var == format!("SWARM_NODE_ID={id}").as_bytes())
+        });
+        if ours {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+    }
+}
+
 impl Drop for Cluster {
     fn drop(&mut self) {
         for node in &mut self.nodes {
@@ -764,6 +789,8 @@ impl Drop for Cluster {
                 let _ = child.wait();
             }
         }
+        let ids: Vec<String> = self.nodes.iter().filter_map(|n| n.id.clone()).collect();
+        kill_tasks_of(&ids);
         if std::thread::panicking() {
             for node in &self.nodes {
                 eprintln!(

@@ -91,6 +91,12 @@ struct Inner {
     node_id: String,
     /// The negotiated client, dropped on a connection failure so the next call reconnects and renegotiates.
     engine: Mutex<Option<Docker>>,
+    /// Task id → container id, for what this driver created or found: saves the engine a label query on every
+    /// inspect (the engine is the bottleneck when many tasks start at once). A stale entry only costs a 404.
+    ids: Mutex<HashMap<String, String>>,
+    /// Images seen present, so that starting many tasks of one image asks the engine once (a create that then
+    /// finds the image gone forgets it and tries again).
+    images: Mutex<std::collections::HashSet<String>>,
 }
 
 impl std::fmt::Debug for DockerDriver {
@@ -117,6 +123,8 @@ impl DockerDriver {
                 socket: socket.to_path_buf(),
                 node_id: node_id.into(),
                 engine: Mutex::new(None),
+                ids: Mutex::new(HashMap::new()),
+                images: Mutex::new(std::collections::HashSet::new()),
             }),
         }
     }
@@ -191,9 +199,16 @@ impl Driver for DockerDriver {
     fn inspect<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, Result<Observed, DriverError>> {
         Box::pin(async move {
             let docker = self.inner.client().await?;
+            if let Some(id) = self.inner.known_container(task_id) {
+                match self.inner.observe(&docker, &id).await? {
+                    Observed::Missing => self.inner.forget(task_id),
+                    observed => return Ok(observed),
+                }
+            }
             let Some(id) = self.inner.find(&docker, task_id).await? else {
                 return Ok(Observed::Missing);
             };
+            self.inner.remember(task_id, &id);
             self.inner.observe(&docker, &id).await
         })
     }
@@ -298,6 +313,27 @@ impl Inner {
     }
 
     /// The id of the task's container on this node, if there is one.
+    fn known_container(&self, task_id: &str) -> Option<String> {
+        self.ids.lock().ok().and_then(|ids| ids.get(task_id).cloned())
+    }
+
+    fn remember(&self, task_id: &str, container_id: &str) {
+        if let Ok(mut ids) = self.ids.lock() {
+            ids.insert(task_id.to_string(), container_id.to_string());
+        }
+    }
+
+    /// Forgets that `image` is present; true when it was remembered.
+    fn forget_image(&self, image: &str) -> bool {
+        self.images.lock().is_ok_and(|mut known| known.remove(image))
+    }
+
+    fn forget(&self, task_id: &str) {
+        if let Ok(mut ids) = self.ids.lock() {
+            ids.remove(task_id);
+        }
+    }
+
     async fn find(&self, docker: &Docker, task_id: &str) -> Result<Option<String>, DriverError> {
         Ok(self.find_all(docker, task_id).await?.into_iter().next())
     }
@@ -342,7 +378,8 @@ impl Inner {
         };
         let mounts = engine_mounts(task)?;
         let docker = self.client().await?;
-        if self.find(&docker, &task.task_id).await?.is_some() {
+        // Already prepared (its name is taken by its own container: see the 409 case below).
+        if self.known_container(&task.task_id).is_some() {
             return Ok(());
         }
         self.ensure_image(&docker, image).await?;
@@ -353,10 +390,18 @@ impl Inner {
             ..Default::default()
         };
         match docker.create_container(Some(options), body).await {
-            Ok(_) => Ok(()),
+            Ok(created) => {
+                self.remember(&task.task_id, &created.id);
+                Ok(())
+            }
+            // The image was known but is gone (removed meanwhile): forget it and prepare again, pulling it.
+            Err(e) if status_of(&e) == Some(404) && self.forget_image(image) => Box::pin(self.prepare(task)).await,
             // The name is taken: fine if by this very task (a concurrent prepare), a conflict otherwise.
             Err(e) if status_of(&e) == Some(409) => match self.find(&docker, &task.task_id).await? {
-                Some(_) => Ok(()),
+                Some(id) => {
+                    self.remember(&task.task_id, &id);
+                    Ok(())
+                }
                 None => Err(DriverError::Rejected(format!(
                     "a container named {:?} already exists on node {} but is not task {}'s; remove it (docker rm -f {})",
                     task.name, self.node_id, task.task_id, task.name
@@ -375,8 +420,16 @@ impl Inner {
 
     /// The image is local, or pulled now; a failed pull rejects the task, naming image and node.
     async fn ensure_image(&self, docker: &Docker, image: &str) -> Result<(), DriverError> {
+        if self.images.lock().is_ok_and(|known| known.contains(image)) {
+            return Ok(());
+        }
         match docker.inspect_image(image).await {
-            Ok(_) => return Ok(()),
+            Ok(_) => {
+                if let Ok(mut known) = self.images.lock() {
+                    known.insert(image.to_string());
+                }
+                return Ok(());
+            }
             Err(e) if status_of(&e) == Some(404) => {}
             Err(e) => return Err(self.engine_error(&format!("inspecting image {image:?}"), e)),
         }
@@ -437,7 +490,11 @@ impl Inner {
 
     async fn start(&self, task_id: &str) -> Result<(), DriverError> {
         let docker = self.client().await?;
-        let Some(id) = self.find(&docker, task_id).await? else {
+        let known = match self.known_container(task_id) {
+            Some(id) => Some(id),
+            None => self.find(&docker, task_id).await?,
+        };
+        let Some(id) = known else {
             return Err(DriverError::Runtime(format!(
                 "task {task_id} has no container on node {}: prepare it first",
                 self.node_id
@@ -447,6 +504,11 @@ impl Inner {
             Ok(()) => Ok(()),
             // 304: already running.
             Err(e) if status_of(&e) == Some(304) => Ok(()),
+            // A remembered container that is gone: look the task up again.
+            Err(e) if status_of(&e) == Some(404) && self.known_container(task_id).is_some() => {
+                self.forget(task_id);
+                Box::pin(self.start(task_id)).await
+            }
             Err(e) => Err(self.engine_error(&format!("starting task {task_id}'s container"), e)),
         }
     }
@@ -521,6 +583,7 @@ impl Inner {
             v: true,
             ..Default::default()
         };
+        self.forget(task_id);
         for id in self.find_all(&docker, task_id).await? {
             match docker.remove_container(&id, Some(options.clone())).await {
                 // 409: a removal is already in progress.
