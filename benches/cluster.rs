@@ -144,13 +144,18 @@ fn cluster(root: &std::path::Path) -> Vec<Node> {
     nodes
 }
 
-/// Every manager runs, knows the same leader, and counts three managers.
+/// Every manager runs, knows the same leader, counts three managers, and has applied the same log (a restarted
+/// manager has caught up): the state a failover is measured from.
 fn all_healthy(nodes: &[Node]) -> bool {
     let infos: Vec<Option<Info>> = nodes.iter().map(Node::info).collect();
     let Some(Some(first)) = infos.first() else { return false };
     infos.iter().all(|i| {
-        i.as_ref()
-            .is_some_and(|i| i.managers == 3 && i.leader == first.leader && !i.leader.starts_with("none"))
+        i.as_ref().is_some_and(|i| {
+            i.managers == 3
+                && i.leader == first.leader
+                && !i.leader.starts_with("none")
+                && i.raft_last_applied == first.raft_last_applied
+        })
     })
 }
 
@@ -187,6 +192,14 @@ fn failover(nodes: &mut [Node], trials: usize) {
             );
         }
         times.push(t.elapsed());
+        if std::env::var_os("FAILOVER_VERBOSE").is_some() {
+            println!(
+                "  trial {trial}: killed {}, write on {} after {:?}",
+                nodes[leader].name,
+                target,
+                t.elapsed()
+            );
+        }
         nodes[leader].start();
         wait_until(Duration::from_secs(30), || all_healthy(nodes));
     }
