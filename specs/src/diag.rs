@@ -88,3 +88,31 @@ impl fmt::Display for Diagnostics {
         Ok(())
     }
 }
+
+/// Where each field path was written. Recorded for every value while checking a file, but looked up only when
+/// something is reported, so it is a plain list until the first lookup builds an index (a later entry for the same
+/// path — from an override file — wins).
+#[derive(Debug, Default)]
+pub struct Spans {
+    entries: Vec<(String, Pos)>,
+    index: std::sync::OnceLock<std::collections::HashMap<String, Pos>>,
+}
+
+impl Spans {
+    pub fn push(&mut self, path: &str, pos: Pos) {
+        self.entries.push((path.to_string(), pos));
+        self.index = std::sync::OnceLock::new();
+    }
+
+    pub fn extend(&mut self, other: Spans) {
+        self.entries.extend(other.entries);
+        self.index = std::sync::OnceLock::new();
+    }
+
+    pub fn get(&self, path: &str) -> Option<Pos> {
+        self.index
+            .get_or_init(|| self.entries.iter().cloned().collect())
+            .get(path)
+            .copied()
+    }
+}

@@ -123,7 +123,7 @@ pub fn load_unchecked(options: &LoadOptions, files: &dyn Files) -> Result<Loaded
     variables.extend(options.environment.clone());
     let lookup = |name: &str| variables.get(name).cloned();
 
-    let mut merged: Option<(Json, HashMap<String, Pos>)> = None;
+    let mut merged: Option<(Json, crate::diag::Spans)> = None;
     let mut declared_name: Option<String> = None;
     for (index, path) in options.files.iter().enumerate() {
         let file_id = index as u16;

@@ -2,7 +2,6 @@
 //! semantic checks that need the whole stack (undefined references, port clashes, replicas on a global service).
 
 use std::collections::BTreeMap;
-use std::collections::HashMap;
 use std::path::Path;
 use std::path::PathBuf;
 
@@ -27,7 +26,7 @@ pub struct Context<'a> {
     pub lookup: &'a dyn Fn(&str) -> Option<String>,
     pub read_file: &'a dyn Fn(&Path) -> std::io::Result<Vec<u8>>,
     /// Where each field path was written (from `shape`).
-    pub spans: &'a HashMap<String, Pos>,
+    pub spans: &'a crate::diag::Spans,
 }
 
 struct Cx<'a> {
@@ -40,11 +39,11 @@ impl Cx<'_> {
         let mut p = path;
         loop {
             if let Some(pos) = self.ctx.spans.get(p) {
-                return *pos;
+                return pos;
             }
             match p.rfind(['.', '[']) {
                 Some(i) => p = &p[..i],
-                None => return self.ctx.spans.get("").copied().unwrap_or_default(),
+                None => return self.ctx.spans.get("").unwrap_or_default(),
             }
         }
     }

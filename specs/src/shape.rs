@@ -4,13 +4,12 @@
 //! which keys exist (unknown ones get a did-you-mean), which values are numbers (`"3"` and `3` both work, `0400` is
 //! octal), and which enum values are valid. Its output is JSON that deserializes into `ComposeFile` as is.
 
-use std::collections::HashMap;
-
 use serde_json::Map;
 use serde_json::Value as Json;
 
 use crate::diag::Pos;
 use crate::diag::Severity;
+use crate::diag::Spans;
 use crate::units::did_you_mean;
 use crate::yaml::Node;
 use crate::yaml::Value;
@@ -30,7 +29,7 @@ pub struct Finding {
 pub struct Shaped {
     pub value: Json,
     /// Where each field path's value was written.
-    pub spans: HashMap<String, Pos>,
+    pub spans: Spans,
     pub findings: Vec<Finding>,
 }
 
@@ -38,7 +37,7 @@ pub fn shape(node: &Node, root_schema: &Json) -> Shaped {
     let mut walker = Walker {
         root: root_schema,
         findings: Vec::new(),
-        spans: HashMap::new(),
+        spans: Spans::default(),
     };
     let value = walker.walk(node, root_schema, "").unwrap_or(Json::Null);
     Shaped {
@@ -51,7 +50,7 @@ pub fn shape(node: &Node, root_schema: &Json) -> Shaped {
 struct Walker<'a> {
     root: &'a Json,
     findings: Vec<Finding>,
-    spans: HashMap<String, Pos>,
+    spans: Spans,
 }
 
 fn join(path: &str, key: &str) -> String {
@@ -183,7 +182,7 @@ impl<'a> Walker<'a> {
     fn walk(&mut self, node: &Node, schema: &'a Json, path: &str) -> Option<Json> {
         let schema = self.resolve(schema);
         if is_any(schema) {
-            self.spans.insert(path.to_string(), node.pos);
+            self.spans.push(path, node.pos);
             return Some(any_json(node));
         }
         if let Some(alternatives) = schema
@@ -193,7 +192,7 @@ impl<'a> Walker<'a> {
         {
             return self.walk_alternatives(node, alternatives, path);
         }
-        self.spans.insert(path.to_string(), node.pos);
+        self.spans.push(path, node.pos);
         let types = types_of(schema);
         match &node.value {
             Value::Null => {
@@ -237,7 +236,7 @@ impl<'a> Walker<'a> {
     fn walk_alternatives(&mut self, node: &Node, alternatives: &'a [Json], path: &str) -> Option<Json> {
         if matches!(node.value, Value::Null) && alternatives.iter().any(|a| types_of(self.resolve(a)).contains(&"null"))
         {
-            self.spans.insert(path.to_string(), node.pos);
+            self.spans.push(path, node.pos);
             return Some(Json::Null);
         }
         // Usually exactly one alternative takes this kind of node (`Option<T>` is "T or null"; short or long
@@ -259,7 +258,7 @@ impl<'a> Walker<'a> {
             let mut trial = Walker {
                 root: self.root,
                 findings: Vec::new(),
-                spans: HashMap::new(),
+                spans: Spans::default(),
             };
             if let Some(v) = trial.walk(node, alternative, path) {
                 if trial.findings.is_empty() {
