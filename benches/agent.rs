@@ -138,50 +138,9 @@ fn engine_ready() -> Result<String, String> {
         ));
     }
     if !docker(&["image", "inspect", IMAGE]).status.success() {
-        build_image(IMAGE)?;
+        swarm_agent::testing::ensure_busybox_image(IMAGE, "1")?;
     }
     Ok(String::from_utf8_lossy(&version.stdout).trim().to_string())
-}
-
-/// `tag` from Debian's static busybox (`apt-get install busybox-static`), as the tests build it.
-fn build_image(tag: &str) -> Result<(), String> {
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-        .map(PathBuf::from)
-        .into_iter()
-        .find(|p| p.exists())
-        .ok_or("no busybox found (apt-get install -y busybox-static)")?;
-    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-    let root = dir.path().join("rootfs");
-    let bin = root.join("bin");
-    std::fs::create_dir_all(&bin).map_err(|e| e.to_string())?;
-    std::fs::copy(&busybox, bin.join("busybox")).map_err(|e| e.to_string())?;
-    for applet in ["sh", "sleep", "echo", "cat", "true", "false", "ls"] {
-        std::os::unix::fs::symlink("busybox", bin.join(applet)).map_err(|e| e.to_string())?;
-    }
-    std::fs::write(root.join("VERSION"), "1\n").map_err(|e| e.to_string())?;
-    let tar = dir.path().join("rootfs.tar");
-    let tarred = Command::new("tar")
-        .arg("-C")
-        .arg(&root)
-        .arg("-cf")
-        .arg(&tar)
-        .arg(".")
-        .status()
-        .map_err(|e| format!("tar: {e}"))?;
-    if !tarred.success() {
-        return Err("tar failed".into());
-    }
-    let imported = docker(&[
-        "import",
-        "--change",
-        "ENV PATH=/bin",
-        tar.to_str().unwrap_or_default(),
-        tag,
-    ]);
-    if !imported.status.success() {
-        return Err(format!("docker import: {}", String::from_utf8_lossy(&imported.stderr)));
-    }
-    Ok(())
 }
 
 /// Containers labelled `label` that run.

@@ -8,3 +8,5 @@
 pub mod driver;
 pub mod machine;
 pub mod supervisor;
+#[doc(hidden)]
+pub mod testing;

@@ -46,6 +46,19 @@ fn report(state: TaskState, message: &str) -> Option<Report> {
     })
 }
 
+/// The task's process exited 0: it is complete.
+fn finished() -> Step {
+    Step {
+        action: Action::Report,
+        report: Some(Report {
+            state: TaskState::Complete,
+            message: "finished".into(),
+            err: None,
+            exit_code: Some(0),
+        }),
+    }
+}
+
 fn failed(message: &str, err: String, exit_code: Option<i64>) -> Option<Report> {
     Some(Report {
         state: TaskState::Failed,
@@ -102,15 +115,7 @@ pub fn step(desired: TaskState, current: TaskState, observed: &Observed) -> Step
             }
             // Has a healthcheck that has not passed yet: the task is Starting until it is healthy.
             Observed::Running { healthy: Some(false) } => go(Action::Wait, None),
-            Observed::Exited { code: 0 } => Step {
-                action: Action::Report,
-                report: Some(Report {
-                    state: TaskState::Complete,
-                    message: "finished".into(),
-                    err: None,
-                    exit_code: Some(0),
-                }),
-            },
+            Observed::Exited { code: 0 } => finished(),
             Observed::Exited { code } => go(
                 Action::Report,
                 failed("started", format!("task: non-zero exit ({code})"), Some(*code)),
@@ -135,15 +140,7 @@ pub fn step(desired: TaskState, current: TaskState, observed: &Observed) -> Step
                 ),
             ),
             Observed::Running { .. } | Observed::Created => go(Action::Wait, None),
-            Observed::Exited { code: 0 } => Step {
-                action: Action::Report,
-                report: Some(Report {
-                    state: TaskState::Complete,
-                    message: "finished".into(),
-                    err: None,
-                    exit_code: Some(0),
-                }),
-            },
+            Observed::Exited { code: 0 } => finished(),
             Observed::Exited { code } => go(
                 Action::Report,
                 failed("exited", format!("task: non-zero exit ({code})"), Some(*code)),

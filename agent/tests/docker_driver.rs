@@ -653,73 +653,9 @@ mod support {
                     String::from_utf8_lossy(&version.stderr).trim()
                 ));
             }
-            build_image(IMAGE_1, "1")?;
-            build_image(IMAGE_2, "2")
+            swarm_agent::testing::ensure_busybox_image(IMAGE_1, "1")?;
+            swarm_agent::testing::ensure_busybox_image(IMAGE_2, "2")
         })
-    }
-
-    /// `tag` from Debian's static busybox (`apt-get install busybox-static`), with `/VERSION` = `version`.
-    fn build_image(tag: &str, version: &str) -> Result<(), String> {
-        if docker(&["image", "inspect", tag]).status.success() {
-            return Ok(());
-        }
-        let busybox = static_busybox().ok_or("no static busybox found (apt-get install -y busybox-static)")?;
-        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        let root = dir.path().join("rootfs");
-        let bin = root.join("bin");
-        std::fs::create_dir_all(&bin).map_err(|e| e.to_string())?;
-        std::fs::copy(&busybox, bin.join("busybox")).map_err(|e| e.to_string())?;
-        for applet in [
-            "sh", "sleep", "echo", "cat", "hostname", "httpd", "true", "false", "wget", "id", "ls", "stat", "mount",
-        ] {
-            std::os::unix::fs::symlink("busybox", bin.join(applet)).map_err(|e| e.to_string())?;
-        }
-        std::fs::write(root.join("VERSION"), format!("{version}\n")).map_err(|e| e.to_string())?;
-        let tar = dir.path().join("rootfs.tar");
-        let tarred = Command::new("tar")
-            .arg("-C")
-            .arg(&root)
-            .arg("-cf")
-            .arg(&tar)
-            .arg(".")
-            .status()
-            .map_err(|e| format!("tar: {e}"))?;
-        if !tarred.success() {
-            return Err("tar failed to pack the test rootfs".into());
-        }
-        let tar = tar.to_str().ok_or("temp path is not UTF-8")?;
-        let imported = docker(&["import", "--change", "ENV PATH=/bin", tar, tag]);
-        if !imported.status.success() {
-            return Err(format!(
-                "docker import {tag}: {}",
-                String::from_utf8_lossy(&imported.stderr)
-            ));
-        }
-        Ok(())
-    }
-
-    /// A busybox binary that needs no dynamic loader (the image has none).
-    fn static_busybox() -> Option<PathBuf> {
-        let path = std::env::var_os("PATH").unwrap_or_default();
-        std::env::split_paths(&path)
-            .chain(["/bin", "/usr/bin", "/usr/sbin"].map(PathBuf::from))
-            .map(|dir| dir.join("busybox"))
-            .find(|candidate| std::fs::read(candidate).is_ok_and(|elf| is_static_elf(&elf)))
-    }
-
-    /// A 64-bit little-endian ELF without a PT_INTERP program header.
-    fn is_static_elf(elf: &[u8]) -> bool {
-        let (Some(b"\x7fELF"), Some(2), Some(1)) = (elf.get(..4), elf.get(4), elf.get(5)) else {
-            return false;
-        };
-        let word = |at: usize, n: usize| -> Option<usize> {
-            let bytes = elf.get(at..at + n)?;
-            Some(bytes.iter().rev().fold(0usize, |v, b| (v << 8) | usize::from(*b)))
-        };
-        let (Some(phoff), Some(phentsize), Some(phnum)) = (word(0x20, 8), word(0x36, 2), word(0x38, 2)) else {
-            return false;
-        };
-        (0..phnum).all(|i| word(phoff + i * phentsize, 4).is_some_and(|kind| kind != 3))
     }
 
     /// One test's node: a driver for a node id of its own, and cleanup of everything labelled with it on drop.

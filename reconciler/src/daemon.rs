@@ -189,6 +189,17 @@ impl Daemon {
             .and_then(|a| a.as_ref().map(|a| a.supervisor.clone()))
     }
 
+    /// The node's current list of managers, as the session and the reporter read it (it changes with heartbeats).
+    fn managers_source(self: &Arc<Self>) -> crate::node_agent::Managers {
+        let me = Arc::downgrade(self);
+        Arc::new(move || {
+            me.upgrade()
+                .and_then(|d| d.state())
+                .map(|s| s.managers)
+                .unwrap_or_default()
+        })
+    }
+
     /// Starts the node's task runner once the node has an identity; keeps it across role changes.
     fn ensure_agent(self: &Arc<Self>, state: &NodeState) -> Arc<Supervisor> {
         let mut slot = self.agent.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -208,13 +219,7 @@ impl Daemon {
         let (reports, updates) = tokio::sync::mpsc::unbounded_channel();
         let supervisor = Supervisor::new(&state.node_id, drivers, reports);
         let (stop, stop_rx) = watch::channel(false);
-        let me = Arc::downgrade(self);
-        let managers: crate::node_agent::Managers = Arc::new(move || {
-            me.upgrade()
-                .and_then(|d| d.state())
-                .map(|s| s.managers)
-                .unwrap_or_default()
-        });
+        let managers = self.managers_source();
         tokio::spawn(crate::node_agent::run_reporter(
             updates,
             self.client.clone(),
@@ -361,13 +366,7 @@ impl Daemon {
                 manager = Some(m);
             }
             let supervisor = self.ensure_agent(state);
-            let me = Arc::downgrade(self);
-            let managers: crate::node_agent::Managers = Arc::new(move || {
-                me.upgrade()
-                    .and_then(|d| d.state())
-                    .map(|s| s.managers)
-                    .unwrap_or_default()
-            });
+            let managers = self.managers_source();
             tasks.push(tokio::spawn(crate::node_agent::run_session(
                 supervisor,
                 self.client.clone(),
