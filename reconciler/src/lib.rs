@@ -20,6 +20,7 @@ pub mod manager;
 pub mod node_agent;
 pub mod plan;
 pub mod raftnet;
+pub mod scheduler;
 pub mod store;
 pub mod tls;
 pub mod wire;
