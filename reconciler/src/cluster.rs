@@ -107,6 +107,41 @@ pub struct Node {
     pub status_changed_at: UnixMillis,
 }
 
+impl Node {
+    /// A node entering the cluster: active and unlabelled, addressed by the host of `advertise_addr`; a manager also
+    /// records its API address and Raft id. An `Unknown` status says the node is still joining.
+    pub fn joining(
+        id: &str,
+        role: Role,
+        advertise_addr: &str,
+        raft_id: u64,
+        description: NodeDescription,
+        status: NodeStatus,
+        now: UnixMillis,
+    ) -> Node {
+        let manager = role == Role::Manager;
+        Node {
+            id: id.to_string(),
+            role,
+            availability: Availability::Active,
+            labels: BTreeMap::new(),
+            status,
+            status_message: if status == NodeStatus::Unknown {
+                "joining".into()
+            } else {
+                String::new()
+            },
+            addr: crate::daemon::host_of(advertise_addr),
+            manager_addr: manager.then(|| advertise_addr.to_string()),
+            raft_id: manager.then_some(raft_id),
+            description,
+            created_at: now,
+            updated_at: now,
+            status_changed_at: now,
+        }
+    }
+}
+
 impl Object for Node {
     const TABLE: &'static str = "nodes";
     fn key(&self) -> String {
@@ -257,24 +292,11 @@ mod tests {
     use super::*;
 
     fn node(id: &str, host: &str) -> Node {
-        Node {
-            id: id.into(),
-            role: Role::Worker,
-            availability: Availability::Active,
-            labels: BTreeMap::new(),
-            status: NodeStatus::Ready,
-            status_message: String::new(),
-            addr: "127.0.0.1".into(),
-            manager_addr: None,
-            raft_id: None,
-            description: NodeDescription {
-                hostname: host.into(),
-                ..Default::default()
-            },
-            created_at: 0,
-            updated_at: 0,
-            status_changed_at: 0,
-        }
+        let description = NodeDescription {
+            hostname: host.into(),
+            ..Default::default()
+        };
+        Node::joining(id, Role::Worker, "127.0.0.1:2377", 0, description, NodeStatus::Ready, 0)
     }
 
     #[test]

@@ -423,22 +423,15 @@ impl Daemon {
     }
 
     fn own_node(&self, state: &NodeState) -> Node {
-        let now = now_millis();
-        Node {
-            id: state.node_id.clone(),
-            role: state.role,
-            availability: Availability::Active,
-            labels: Default::default(),
-            status: NodeStatus::Ready,
-            status_message: String::new(),
-            addr: host_of(&state.advertise_addr),
-            manager_addr: (state.role == Role::Manager).then(|| state.advertise_addr.clone()),
-            raft_id: (state.role == Role::Manager).then_some(state.raft_id),
-            description: self.options.description.clone(),
-            created_at: now,
-            updated_at: now,
-            status_changed_at: now,
-        }
+        Node::joining(
+            &state.node_id,
+            state.role,
+            &state.advertise_addr,
+            state.raft_id,
+            self.options.description.clone(),
+            NodeStatus::Ready,
+            now_millis(),
+        )
     }
 
     /// `swarm init`: a new cluster with this node as its only manager.
@@ -933,21 +926,15 @@ impl Daemon {
             )
             .map_err(|e| DaemonError::Refused(format!("cannot sign the certificate request: {e}")))?;
         let now = now_millis();
-        let node = Node {
-            id: node_id.clone(),
+        let node = Node::joining(
+            &node_id,
             role,
-            availability: Availability::Active,
-            labels: Default::default(),
-            status: NodeStatus::Unknown,
-            status_message: "joining".into(),
-            addr: host_of(&req.addr),
-            manager_addr: (role == Role::Manager).then(|| req.addr.clone()),
-            raft_id: (role == Role::Manager).then_some(req.raft_id),
-            description: req.description,
-            created_at: now,
-            updated_at: now,
-            status_changed_at: now,
-        };
+            &req.addr,
+            req.raft_id,
+            req.description,
+            NodeStatus::Unknown,
+            now,
+        );
         m.write(Request {
             guards: vec![],
             ops: vec![store::put(&node)],

@@ -23,30 +23,17 @@ const GIB: u64 = 1 << 30;
 const CPU: u64 = 1_000_000_000;
 
 fn node(id: &str) -> Node {
-    Node {
-        id: id.into(),
-        role: Role::Worker,
-        availability: Availability::Active,
-        labels: BTreeMap::new(),
-        status: NodeStatus::Ready,
-        status_message: String::new(),
-        addr: "10.0.0.1:4789".into(),
-        manager_addr: None,
-        raft_id: None,
-        description: NodeDescription {
-            hostname: format!("host-{id}"),
-            engine_version: None,
-            os: "linux".into(),
-            arch: "x86_64".into(),
-            nano_cpus: 4 * CPU,
-            memory_bytes: 8 * GIB,
-            engine_labels: BTreeMap::new(),
-            drivers: vec!["docker".into(), "process".into()],
-        },
-        created_at: 0,
-        updated_at: 0,
-        status_changed_at: 0,
-    }
+    let description = NodeDescription {
+        hostname: format!("host-{id}"),
+        engine_version: None,
+        os: "linux".into(),
+        arch: "x86_64".into(),
+        nano_cpus: 4 * CPU,
+        memory_bytes: 8 * GIB,
+        engine_labels: BTreeMap::new(),
+        drivers: vec!["docker".into(), "process".into()],
+    };
+    Node::joining(id, Role::Worker, "10.0.0.1:4789", 0, description, NodeStatus::Ready, 0)
 }
 
 fn labelled(id: &str, labels: &[(&str, &str)]) -> Node {
