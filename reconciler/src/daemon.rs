@@ -362,6 +362,7 @@ impl Daemon {
                     .await?;
                 }
                 tasks.push(tokio::spawn(m.clone().run_leader_duties(stop_rx.clone())));
+                tasks.push(tokio::spawn(crate::orchestrator::run::run(m.clone(), stop_rx.clone())));
                 server_cert = Some(cert);
                 manager = Some(m);
             }

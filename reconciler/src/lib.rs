@@ -9,7 +9,9 @@
 //! - [`raftnet`] carries Raft RPCs between managers; [`api`] serves the HTTP routes; [`wire`] their bodies;
 //! - [`daemon`] is `swarm daemon`: the node process that runs the roles and survives restarts;
 //! - [`dispatcher`] (leader) sends each node its tasks and batches their status reports into Raft;
-//!   [`node_agent`] is the node's end of that session, feeding the agent's supervisor.
+//!   [`node_agent`] is the node's end of that session, feeding the agent's supervisor;
+//! - [`objects`] are services and stacks; [`orchestrator`] (leader) turns services into tasks and places them with
+//!   [`scheduler`].
 
 pub mod api;
 pub mod ca;
@@ -18,6 +20,8 @@ pub mod daemon;
 pub mod dispatcher;
 pub mod manager;
 pub mod node_agent;
+pub mod objects;
+pub mod orchestrator;
 pub mod plan;
 pub mod raftnet;
 pub mod scheduler;

@@ -210,6 +210,25 @@ impl Manager {
         }
     }
 
+    /// Commits `request` only if this manager leads now (never forwarded): a leader-only controller's decision is
+    /// worth nothing once another manager leads, since that one decides again from the state it sees.
+    pub async fn write_as_leader(&self, request: Request) -> Result<Response, ManagerError> {
+        if !self.is_leader() || !self.quorum_acked() {
+            return Err(ManagerError::Rejected("this manager is not the leader".into()));
+        }
+        let timeout = self.config.write_timeout;
+        match tokio::time::timeout(timeout, self.raft.ensure_linearizable()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => return Err(ManagerError::Rejected(format!("leadership not confirmed: {e}"))),
+            Err(_) => return Err(self.no_quorum().await),
+        }
+        match tokio::time::timeout(timeout, self.raft.client_write(request)).await {
+            Ok(Ok(response)) => Ok(response.data),
+            Ok(Err(e)) => Err(ManagerError::Raft(e.to_string())),
+            Err(_) => Err(self.no_quorum().await),
+        }
+    }
+
     /// Whether a majority acknowledged this leader recently (always true for a single manager).
     fn quorum_acked(&self) -> bool {
         let metrics = self.raft.metrics().borrow().clone();

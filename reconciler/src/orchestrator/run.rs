@@ -1,0 +1,136 @@
+//! The orchestrator's loop on the leader: read the store, decide ([`super::reconcile`]), write, and wait for the
+//! next change, the next restart delay or the periodic resync.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use swarm_specs::task::Task;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::watch;
+
+use super::Actions;
+use super::Inputs;
+use crate::cluster::now_millis;
+use crate::cluster::Cluster;
+use crate::cluster::Node;
+use crate::manager::Manager;
+use crate::manager::ManagerError;
+use crate::objects::Service;
+use crate::store;
+use crate::store::Guard;
+use crate::store::Object;
+use crate::store::Op;
+use crate::store::Request;
+
+/// A pass runs at least this often even without changes (rule 2's resync).
+pub const RESYNC: Duration = Duration::from_secs(2);
+/// Ops per Raft entry: placing 10,000 tasks costs 10 entries, not 10,000.
+pub const OPS_PER_ENTRY: usize = 1_000;
+
+/// Runs until `shutdown`; passes only while this manager leads.
+pub async fn run(manager: Arc<Manager>, mut shutdown: watch::Receiver<bool>) {
+    let mut changes = manager.sm.subscribe();
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        let mut wait = RESYNC;
+        if manager.is_leader() {
+            match pass(&manager).await {
+                Ok(Some(at)) => {
+                    let now = now_millis();
+                    wait = wait.min(Duration::from_millis(at.saturating_sub(now).max(1)));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::debug!("orchestrator pass: {e}");
+                    wait = Duration::from_millis(100);
+                }
+            }
+        }
+        let deadline = tokio::time::sleep(wait);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = &mut deadline => break,
+                committed = changes.recv() => match committed {
+                    Ok(c) if c.changes.iter().any(|ch| relevant(&ch.table)) => break,
+                    Ok(_) => continue,
+                    Err(RecvError::Lagged(_)) => {
+                        changes = manager.sm.subscribe();
+                        break;
+                    }
+                    Err(RecvError::Closed) => return,
+                },
+            }
+        }
+        // Fold a burst of changes into one pass.
+        while changes.try_recv().is_ok() {}
+    }
+}
+
+fn relevant(table: &str) -> bool {
+    table == Task::TABLE || table == Service::TABLE || table == Node::TABLE || table == Cluster::TABLE
+}
+
+/// One pass: decide and write. Returns when to run again for a restart delay.
+pub async fn pass(manager: &Manager) -> Result<Option<u64>, ManagerError> {
+    let services: Vec<Service> = store::list::<Service>(&manager.sm)
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
+    let tasks = store::list::<Task>(&manager.sm);
+    let nodes: Vec<Node> = manager.nodes();
+    let history_limit = manager
+        .cluster()
+        .map(|c| c.settings.task_history_limit as usize)
+        .unwrap_or(5)
+        .max(1);
+    let inputs = Inputs {
+        services: &services,
+        tasks: &tasks,
+        nodes: &nodes,
+        now: now_millis(),
+        history_limit,
+    };
+    let actions = super::reconcile(&inputs, &mut crate::ca::new_id);
+    let wake_at = actions.wake_at;
+    for request in requests(actions) {
+        if let store::Response::GuardFailed { .. } = manager.write_as_leader(request).await? {
+            // Someone (an agent's status report) wrote a task meanwhile: the next pass decides again.
+            return Ok(Some(now_millis()));
+        }
+    }
+    Ok(wake_at)
+}
+
+/// The actions as guarded writes of at most [`OPS_PER_ENTRY`] ops each: creations first (guarded on absence), then
+/// updates and deletions (guarded on the revision the decision read).
+pub fn requests(actions: Actions) -> Vec<Request> {
+    let mut items: Vec<(Guard, Op)> = Vec::new();
+    for task in &actions.create {
+        items.push((guard(&task.id, 0), store::put(task)));
+    }
+    for (task, revision) in &actions.update {
+        items.push((guard(&task.id, *revision), store::put(task)));
+    }
+    for (id, revision) in &actions.delete {
+        items.push((guard(id, *revision), store::delete::<Task>(id)));
+    }
+    items
+        .chunks(OPS_PER_ENTRY)
+        .map(|chunk| Request {
+            guards: chunk.iter().map(|(g, _)| g.clone()).collect(),
+            ops: chunk.iter().map(|(_, o)| o.clone()).collect(),
+        })
+        .collect()
+}
+
+fn guard(id: &str, revision: u64) -> Guard {
+    Guard::Revision {
+        table: Task::TABLE.to_string(),
+        key: id.to_string(),
+        revision,
+    }
+}
