@@ -1,8 +1,12 @@
 //! `swarm`: the command line. Thin: clap parses, library crates decide, this file prints.
 
+mod apply;
 mod client;
 mod gitfiles;
 mod node;
+mod progress;
+mod service;
+mod stack;
 mod stackfile;
 
 use std::path::PathBuf;
@@ -140,6 +144,12 @@ enum Command {
     /// Manage nodes.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Manage services.
+    #[command(subcommand)]
+    Service(service::ServiceCommand),
+    /// Manage stacks.
+    #[command(subcommand)]
+    Stack(stack::StackCommand),
     /// Low-level task commands for testing the dispatcher and agents (services come with `swarm apply`).
     #[command(subcommand, hide = true)]
     Debug(DebugCommand),
@@ -161,11 +171,49 @@ enum Command {
     },
     /// Print the stack file JSON Schema (point your editor's YAML language server at it).
     Schema,
+    /// Apply a stack to the cluster in one step, then wait until every service converged.
+    Apply {
+        #[command(flatten)]
+        stack: StackArgs,
+        /// A plan saved with `swarm plan --out FILE`: applied as planned, refused if the stack moved since.
+        #[arg(value_name = "PLAN")]
+        plan: Option<PathBuf>,
+        /// Do not ask for confirmation.
+        #[arg(short = 'y', long, alias = "auto-approve")]
+        yes: bool,
+        /// Remove services, networks and volumes the stack no longer has.
+        #[arg(long)]
+        prune: bool,
+        /// Return once applied, without waiting for the services to converge.
+        #[arg(short, long)]
+        detach: bool,
+        #[arg(long)]
+        no_color: bool,
+        /// Print only the result.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Start a single-node cluster in this process, apply the stack, and run until Ctrl-C.
+    Up {
+        #[command(flatten)]
+        stack: StackArgs,
+        /// Where the cluster keeps its data (default: ~/.local/share/swarm/up/STACK).
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// Run tasks as processes only, even when a Docker Engine is reachable.
+        #[arg(long)]
+        no_docker: bool,
+        #[arg(long, value_name = "PATH", default_value = "/var/run/docker.sock")]
+        docker_socket: PathBuf,
+        /// Address of the embedded manager (default: a free port on 127.0.0.1).
+        #[arg(long, value_name = "ADDR")]
+        listen_addr: Option<String>,
+    },
     /// Show what applying the stack would change: a semantic diff, not a text diff.
     Plan {
         #[command(flatten)]
         stack: StackArgs,
-        /// Compare with these stack files (the current state) instead of a live cluster.
+        /// Compare with these stack files (the current state) instead of the live cluster (the default).
         #[arg(long, value_name = "FILE", conflicts_with = "base_git")]
         base: Vec<PathBuf>,
         /// Compare with the same files at this git revision (e.g. `origin/main`, `HEAD~1`).
@@ -242,7 +290,8 @@ enum DebugCommand {
         driver: String,
         #[arg(long)]
         image: Option<String>,
-        #[arg(long, default_value = "debug")]
+        /// Stored as `swarm-debug-SERVICE`: the orchestrator leaves such tasks alone.
+        #[arg(long, default_value = "task")]
         service: String,
         #[arg(long, default_value_t = 1)]
         slot: u64,
@@ -295,7 +344,14 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SWARM_LOG").unwrap_or_else(|_| "warn,swarm=info".into()),
+            tracing_subscriber::EnvFilter::try_from_env("SWARM_LOG").unwrap_or_else(|_| {
+                // `swarm up` prints its own progress; the embedded daemon only speaks up about problems.
+                if matches!(cli.command, Command::Up { .. }) {
+                    "warn".into()
+                } else {
+                    "warn,swarm=info".into()
+                }
+            }),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -417,6 +473,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 } => node::debug_logs(&c, &task, follow, tail, timestamps).await,
             }
         }
+        Command::Service(cmd) => service::run(&client()?, cmd).await,
+        Command::Stack(cmd) => stack::run(&client()?, cmd).await,
         Command::Node(cmd) => {
             let c = client()?;
             match cmd {
@@ -460,7 +518,47 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 no_color,
                 out,
             };
-            stackfile::plan(&stack, &opts)
+            if opts.base.is_empty() && opts.base_git.is_none() {
+                apply::plan(&client()?, &stack, &opts).await
+            } else {
+                stackfile::plan(&stack, &opts)
+            }
+        }
+        Command::Apply {
+            stack,
+            plan,
+            yes,
+            prune,
+            detach,
+            no_color,
+            quiet,
+        } => {
+            let args = apply::ApplyArgs {
+                stack,
+                plan_file: plan,
+                yes,
+                prune,
+                detach,
+                no_color,
+                quiet,
+            };
+            apply::apply(&client()?, &args).await
+        }
+        Command::Up {
+            stack,
+            data_dir,
+            no_docker,
+            docker_socket,
+            listen_addr,
+        } => {
+            apply::up(apply::UpArgs {
+                stack,
+                data_dir,
+                no_docker,
+                docker_socket,
+                listen_addr,
+            })
+            .await
         }
     }
 }

@@ -30,6 +30,23 @@ pub struct DaemonArgs {
 
 /// Runs the node process until SIGINT or SIGTERM.
 pub async fn daemon(args: DaemonArgs) -> anyhow::Result<ExitCode> {
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+        }
+    };
+    let (ready, _) = tokio::sync::oneshot::channel();
+    serve_daemon(args, ready, shutdown).await
+}
+
+/// Runs the node process until `shutdown` completes; `ready` fires once its socket accepts requests.
+pub async fn serve_daemon(
+    args: DaemonArgs,
+    ready: tokio::sync::oneshot::Sender<()>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<ExitCode> {
     swarm_reconciler::tls::install_crypto_provider();
     let mut raft = swarm_reconciler::store::default_raft_config();
     if let Some((min, max)) = args.election_timeout_ms {
@@ -62,13 +79,7 @@ pub async fn daemon(args: DaemonArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot listen on {}", args.socket.display()))?;
     std::fs::set_permissions(&args.socket, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     tracing::info!(socket = %args.socket.display(), data = %args.data_dir.display(), "swarm daemon ready");
-    let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
-        }
-    };
+    let _ = ready.send(());
     swarm_reconciler::tls::serve_unix(listener, swarm_reconciler::api::local_router(daemon.clone()), shutdown).await?;
     daemon.stop().await;
     let _ = std::fs::remove_file(&args.socket);
@@ -346,7 +357,7 @@ pub async fn node_update(client: &Client, id: &str, update: NodeUpdate) -> anyho
 }
 
 /// Node ids and hostnames are plain words; anything else is refused rather than sent into a URL.
-fn url_segment(id: &str) -> String {
+pub fn url_segment(id: &str) -> String {
     id.chars()
         .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         .collect()
@@ -380,7 +391,11 @@ pub async fn debug_run(
         .map(|d| d.as_millis() as u64)?;
     let task = Task {
         id: swarm_reconciler::ca::new_id(),
-        service: service.to_string(),
+        service: if service.starts_with(swarm_specs::task::MANUAL_SERVICE_PREFIX) {
+            service.to_string()
+        } else {
+            format!("{}-{service}", swarm_specs::task::MANUAL_SERVICE_PREFIX)
+        },
         slot: Some(slot),
         node_id: Some(target.id.clone()),
         spec_version: 1,

@@ -131,6 +131,11 @@ pub fn schema() -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// The stack the files describe, or every diagnostic and an error.
+pub fn load_stack(args: &StackArgs) -> anyhow::Result<StackSpec> {
+    load(args, &LocalFiles).map(|l| l.stack).map_err(|d| invalid(&d))
+}
+
 pub struct PlanArgs {
     pub base: Vec<PathBuf>,
     pub base_git: Option<String>,
@@ -181,11 +186,6 @@ fn current_state(args: &StackArgs, opts: &PlanArgs, stack: &str) -> anyhow::Resu
         return load(&base_args(args.files.clone()), &tree)
             .map(|l| l.stack)
             .map_err(|d| invalid(&d).context(format!("the stack at {rev} is invalid")));
-    }
-    if opts.base.is_empty() {
-        anyhow::bail!(
-            "nothing to compare with: pass --base FILE (the stack as deployed) or --base-git REV (the same files at a git revision)"
-        );
     }
     load(&base_args(opts.base.clone()), &LocalFiles)
         .map(|l| l.stack)

@@ -325,6 +325,14 @@ impl Drop for Containers {
                 docker(&args);
             }
         }
+        // Stack networks the nodes' drivers created, once no container of theirs is attached.
+        for node in &self.node_ids {
+            let filter = format!("label={LABEL_NODE}={node}");
+            let out = docker(&["network", "ls", "-q", "--filter", &filter]);
+            for id in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                docker(&["network", "rm", id]);
+            }
+        }
     }
 }
 
@@ -644,4 +652,82 @@ fn a_node_describes_its_drivers_and_engine_version() {
             Err(_) => assert!(n["description"]["engine_version"].is_null(), "{n:#}"),
         }
     }
+}
+
+#[test]
+fn a_docker_stack_finds_its_services_by_name_and_a_removed_container_is_replaced() {
+    if let Err(why) = docker_ready() {
+        eprintln!("skipping the docker stack story: {why}");
+        return;
+    }
+    let c = small_cluster();
+    let _cleanup = Containers {
+        node_ids: vec![c.id("m1"), c.id("w1")],
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("docker-stack.yml");
+    let stack = format!(
+        r#"
+services:
+  web:
+    image: {IMAGE}
+    command: ["sh", "-c", "mkdir -p /www && echo hello-from-web > /www/index.html && exec httpd -f -p 8080 -h /www"]
+    deploy:
+      replicas: 2
+      restart_policy: {{delay: 0s}}
+  probe:
+    image: {IMAGE}
+    command: ["sh", "-c", "until wget -q -O - http://web:8080/index.html; do sleep 0.2; done; exec sleep 600"]
+"#
+    );
+    std::fs::write(&file, stack).expect("write stack");
+    let file = file.to_str().unwrap();
+    c.swarm("m1", &["apply", "-f", file, "--stack", "dns", "--yes"]).ok();
+    // The probe reached web by its service name, through the stack's network and Docker's DNS.
+    wait_until("the probe reached web by name", Duration::from_secs(20), || {
+        let logs = c.swarm("m1", &["service", "logs", "dns_probe"]).ok().stdout;
+        if logs.contains("hello-from-web") {
+            Ok(())
+        } else {
+            Err(logs)
+        }
+    });
+    // `docker rm -f` of a web container: the task is reported failed and replaced.
+    let victim = {
+        let out = c.swarm("m1", &["debug", "tasks"]).ok();
+        let tasks: Vec<Value> = serde_json::from_str(&out.stdout).expect("tasks json");
+        tasks
+            .into_iter()
+            .find(|t| t["service"] == "dns_web" && t["status"]["state"] == "running")
+            .expect("a running web task")
+    };
+    let filter = format!("label=io.swarm.task.id={}", victim["id"].as_str().unwrap());
+    let container = String::from_utf8_lossy(&docker(&["ps", "-q", "--filter", &filter]).stdout)
+        .trim()
+        .to_string();
+    assert!(!container.is_empty(), "no container for task {}", victim["id"]);
+    assert!(docker(&["rm", "-f", &container]).status.success());
+    wait_until(
+        "the removed container's task is replaced",
+        Duration::from_secs(20),
+        || {
+            let out = c.swarm("m1", &["debug", "tasks"]).ok();
+            let tasks: Vec<Value> = serde_json::from_str(&out.stdout).map_err(|e| e.to_string())?;
+            let failed = tasks
+                .iter()
+                .any(|t| t["id"] == victim["id"] && t["status"]["state"] == "failed");
+            let running = tasks
+                .iter()
+                .filter(|t| {
+                    t["service"] == "dns_web" && t["desired_state"] == "running" && t["status"]["state"] == "running"
+                })
+                .count();
+            if failed && running == 2 {
+                Ok(())
+            } else {
+                Err(format!("failed {failed}, running {running}"))
+            }
+        },
+    );
+    c.swarm("m1", &["stack", "rm", "dns"]).ok();
 }

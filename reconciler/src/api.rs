@@ -29,8 +29,8 @@ use crate::wire::*;
 use futures_util::StreamExt as _;
 use swarm_specs::task::Task;
 
-type Peer = Extension<Option<PeerIdentity>>;
-type Local = Option<Extension<LocalClient>>;
+pub(crate) type Peer = Extension<Option<PeerIdentity>>;
+pub(crate) type Local = Option<Extension<LocalClient>>;
 
 impl IntoResponse for DaemonError {
     fn into_response(self) -> Response {
@@ -74,7 +74,7 @@ fn manager_peer(peer: &Option<PeerIdentity>) -> Result<&PeerIdentity, DaemonErro
 }
 
 /// Cluster commands: from the local socket, or remotely with a manager certificate.
-fn operator(peer: &Option<PeerIdentity>, local: &Local) -> Result<(), DaemonError> {
+pub(crate) fn operator(peer: &Option<PeerIdentity>, local: &Local) -> Result<(), DaemonError> {
     if local.is_some() {
         return Ok(());
     }
@@ -173,10 +173,11 @@ fn operator_routes(daemon: Arc<Daemon>) -> Router<Arc<Daemon>> {
         .route("/v1/cluster/update", post(update_settings))
         .route("/v1/tasks", get(list_tasks).post(put_tasks))
         .route("/v1/tasks/{id}/logs", get(task_logs))
+        .merge(crate::routes::routes())
         .route_layer(axum::middleware::from_fn_with_state(daemon, on_leader))
 }
 
-type ApiResult<T> = Result<Json<T>, DaemonError>;
+pub(crate) type ApiResult<T> = Result<Json<T>, DaemonError>;
 
 async fn raft_append(
     State(d): State<Arc<Daemon>>,

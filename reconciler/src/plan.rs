@@ -42,6 +42,9 @@ pub struct Plan {
     /// Networks, volumes, secrets, configs, then services (the order objects are created in), each by address.
     pub changes: Vec<Change>,
     pub summary: Summary,
+    /// The desired stack (secret content excluded), so that `swarm apply plan.json` applies exactly what was planned.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired: Option<StackSpec>,
 }
 
 impl Plan {
@@ -216,6 +219,7 @@ pub fn plan(desired: &StackSpec, current: &StackSpec) -> Plan {
         base_revision: None,
         changes,
         summary,
+        desired: None,
     }
 }
 
@@ -563,8 +567,43 @@ fn render_change(out: &mut String, change: &Change, paint: &Paint) {
         Action::Remove => {}
     }
     if let Some(placement) = &change.placement {
-        line(out, 4, &printable(&format!("placement: {placement}")));
+        for text in placement_lines(placement) {
+            line(out, 4, &printable(&text));
+        }
     }
+}
+
+/// The scheduler dry-run of a service, for a person: `placement: 2 on node-a, 1 on node-b` and what cannot be placed.
+fn placement_lines(placement: &Value) -> Vec<String> {
+    let Some(nodes) = placement.get("nodes").and_then(Value::as_object) else {
+        return vec![format!("placement: {placement}")];
+    };
+    let mut lines = Vec::new();
+    let spread: Vec<String> = nodes
+        .iter()
+        .map(|(node, count)| format!("{} on {node}", count.as_u64().unwrap_or(0)))
+        .collect();
+    let new_tasks = placement.get("new_tasks").and_then(Value::as_u64).unwrap_or(0);
+    if new_tasks == 0 {
+        lines.push("placement: no new tasks".to_string());
+    } else if !spread.is_empty() {
+        lines.push(format!("placement: {}", spread.join(", ")));
+    }
+    for item in placement
+        .get("unplaceable")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let count = item.get("count").and_then(Value::as_u64).unwrap_or(0);
+        let reason = item.get("reason").and_then(Value::as_str).unwrap_or("");
+        let tasks = if count == 1 { "task" } else { "tasks" };
+        lines.push(format!("! {count} {tasks} cannot be placed: {reason}"));
+    }
+    if let Some(skipped) = placement.get("skipped_nodes").and_then(Value::as_str) {
+        lines.push(format!("placement: {skipped}"));
+    }
+    lines
 }
 
 /// A few facts about a new object instead of its whole JSON.

@@ -113,6 +113,10 @@ impl TaskStatus {
     }
 }
 
+/// Tasks of a service named with this prefix are placed by hand (`swarm debug run`, for testing agents): the
+/// orchestrator leaves them alone, and no real service may take such a name.
+pub const MANUAL_SERVICE_PREFIX: &str = "swarm-debug";
+
 /// One task: the unit the scheduler places and the agent runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct Task {
@@ -136,6 +140,11 @@ pub struct Task {
 }
 
 impl Task {
+    /// Placed by hand, outside any service (see [`MANUAL_SERVICE_PREFIX`]).
+    pub fn is_manual(&self) -> bool {
+        self.service.starts_with(MANUAL_SERVICE_PREFIX)
+    }
+
     /// The container name Docker Swarm gives a task: `<service>.<slot>.<task id>` (global: the node id in the middle).
     pub fn container_name(&self) -> String {
         let middle = match (self.slot, &self.node_id) {

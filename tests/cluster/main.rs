@@ -17,4 +17,6 @@ mod recovery;
 mod restart;
 mod roles;
 mod security;
+mod services;
 mod settings;
+mod stacks;

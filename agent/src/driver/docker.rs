@@ -23,6 +23,7 @@ use bollard::errors::Error as EngineError;
 use bollard::models::ContainerCreateBody;
 use bollard::models::ContainerState;
 use bollard::models::ContainerStateStatusEnum;
+use bollard::models::EndpointSettings;
 use bollard::models::EventMessage;
 use bollard::models::HealthConfig;
 use bollard::models::HealthStatusEnum;
@@ -34,6 +35,8 @@ use bollard::models::MountBindOptionsPropagationEnum;
 use bollard::models::MountTmpfsOptions;
 use bollard::models::MountType as EngineMountType;
 use bollard::models::MountVolumeOptions;
+use bollard::models::NetworkCreateRequest;
+use bollard::models::NetworkingConfig;
 use bollard::models::ResourcesUlimits;
 use bollard::models::VolumeCreateRequest;
 use bollard::query_parameters::CreateContainerOptions;
@@ -41,6 +44,7 @@ use bollard::query_parameters::CreateImageOptions;
 use bollard::query_parameters::EventsOptions;
 use bollard::query_parameters::KillContainerOptions;
 use bollard::query_parameters::ListContainersOptions;
+use bollard::query_parameters::ListNetworksOptions;
 use bollard::query_parameters::LogsOptions;
 use bollard::query_parameters::RemoveContainerOptions;
 use bollard::query_parameters::WaitContainerOptions;
@@ -97,6 +101,8 @@ struct Inner {
     /// Images seen present, so that starting many tasks of one image asks the engine once (a create that then
     /// finds the image gone forgets it and tries again).
     images: Mutex<std::collections::HashSet<String>>,
+    /// Serializes network creation within this driver.
+    networks: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for DockerDriver {
@@ -125,6 +131,7 @@ impl DockerDriver {
                 engine: Mutex::new(None),
                 ids: Mutex::new(HashMap::new()),
                 images: Mutex::new(std::collections::HashSet::new()),
+                networks: tokio::sync::Mutex::new(()),
             }),
         }
     }
@@ -384,7 +391,8 @@ impl Inner {
         }
         self.ensure_image(&docker, image).await?;
         self.ensure_mount_sources(&docker, task).await?;
-        let body = container_body(task, image, mounts);
+        let networks = self.ensure_networks(&docker, task).await?;
+        let body = container_body(task, image, mounts, &networks);
         let options = CreateContainerOptions {
             name: Some(task.name.clone()),
             ..Default::default()
@@ -486,6 +494,67 @@ impl Inner {
             }
         }
         Ok(())
+    }
+
+    /// Each network the task attaches to exists on this node: a bridge network of that name, created on demand and
+    /// labelled with the stack and the node (stack networks are per-node bridges until cross-host networking).
+    /// Returns each network's id. The engine lets two concurrent creates make two networks of one name (several
+    /// nodes may share an engine, as in tests): every caller then keeps the oldest and removes the others, so all
+    /// agree on one.
+    async fn ensure_networks(&self, docker: &Docker, task: &TaskRun) -> Result<HashMap<String, String>, DriverError> {
+        let mut ids = HashMap::new();
+        if task.spec.networks.is_empty() {
+            return Ok(ids);
+        }
+        let _one_at_a_time = self.networks.lock().await;
+        for attachment in &task.spec.networks {
+            let name = attachment.target.as_str();
+            let mut found = self.networks_named(docker, name).await?;
+            if found.is_empty() {
+                let request = NetworkCreateRequest {
+                    name: name.to_string(),
+                    driver: Some("bridge".to_string()),
+                    attachable: Some(true),
+                    labels: Some(volume_labels(task)),
+                    ..Default::default()
+                };
+                match docker.create_network(request).await {
+                    Ok(_) => {}
+                    Err(e) if status_of(&e) == Some(409) => {}
+                    Err(e) => return Err(self.engine_error(&format!("creating network {name:?}"), e)),
+                }
+                found = self.networks_named(docker, name).await?;
+            }
+            let Some((_, keep)) = found.first().cloned() else {
+                return Err(DriverError::Rejected(format!(
+                    "network {name:?} vanished right after it was created on node {}",
+                    self.node_id
+                )));
+            };
+            for (_, extra) in &found[1..] {
+                let _ = docker.remove_network(extra).await;
+            }
+            ids.insert(name.to_string(), keep);
+        }
+        Ok(ids)
+    }
+
+    /// Networks with exactly this name, oldest first: `(created, id)`.
+    async fn networks_named(&self, docker: &Docker, name: &str) -> Result<Vec<(String, String)>, DriverError> {
+        let options = ListNetworksOptions {
+            filters: Some(HashMap::from([("name".to_string(), vec![name.to_string()])])),
+        };
+        let list = docker
+            .list_networks(Some(options))
+            .await
+            .map_err(|e| self.engine_error(&format!("listing networks named {name:?}"), e))?;
+        let mut found: Vec<(String, String)> = list
+            .into_iter()
+            .filter(|n| n.name.as_deref() == Some(name))
+            .filter_map(|n| Some((n.created.map(|c| c.to_string()).unwrap_or_default(), n.id?)))
+            .collect();
+        found.sort();
+        Ok(found)
     }
 
     async fn start(&self, task_id: &str) -> Result<(), DriverError> {
@@ -851,7 +920,13 @@ fn health_of(state: &ContainerState) -> Option<bool> {
 }
 
 /// The container to create for a task (everything but networks, which a later step attaches).
-fn container_body(task: &TaskRun, image: &str, mounts: Vec<EngineMount>) -> ContainerCreateBody {
+/// `networks`: the id of each network the task attaches to, by name (a name can be ambiguous for a moment).
+fn container_body(
+    task: &TaskRun,
+    image: &str,
+    mounts: Vec<EngineMount>,
+    networks: &HashMap<String, String>,
+) -> ContainerCreateBody {
     let spec = &task.spec;
     let env: Vec<String> = spec
         .env
@@ -884,6 +959,10 @@ fn container_body(task: &TaskRun, image: &str, mounts: Vec<EngineMount>) -> Cont
         memory: positive(limits.memory_bytes),
         pids_limit: (limits.pids > 0).then_some(limits.pids),
         memory_reservation: positive(spec.resources.reservations.memory_bytes),
+        network_mode: spec
+            .networks
+            .first()
+            .map(|n| networks.get(&n.target).cloned().unwrap_or_else(|| n.target.clone())),
         log_config: spec.logging.as_ref().map(|logging| HostConfigLogConfig {
             typ: Some(logging.driver.clone()),
             config: Some(logging.options.clone().into_iter().collect()),
@@ -905,8 +984,42 @@ fn container_body(task: &TaskRun, image: &str, mounts: Vec<EngineMount>) -> Cont
         stop_timeout: Some(i64::try_from(spec.stop_grace_period_ms.div_ceil(1000)).unwrap_or(i64::MAX)),
         healthcheck: spec.healthcheck.as_ref().map(health_config),
         host_config: Some(host_config),
+        networking_config: networking_config(task, networks),
         ..Default::default()
     }
+}
+
+/// The task's networks, each with the service's short name (and its own aliases) as DNS aliases, so that tasks find
+/// each other by service name through Docker's DNS.
+fn networking_config(task: &TaskRun, networks: &HashMap<String, String>) -> Option<NetworkingConfig> {
+    if task.spec.networks.is_empty() {
+        return None;
+    }
+    let short = match &task.stack {
+        Some(stack) => task.service.strip_prefix(&format!("{stack}_")).unwrap_or(&task.service),
+        None => task.service.as_str(),
+    };
+    let endpoints = task
+        .spec
+        .networks
+        .iter()
+        .map(|attachment| {
+            let mut aliases = vec![short.to_string()];
+            aliases.extend(attachment.aliases.iter().cloned());
+            let settings = EndpointSettings {
+                aliases: Some(aliases),
+                ..Default::default()
+            };
+            let key = networks
+                .get(&attachment.target)
+                .cloned()
+                .unwrap_or_else(|| attachment.target.clone());
+            (key, settings)
+        })
+        .collect();
+    Some(NetworkingConfig {
+        endpoints_config: Some(endpoints),
+    })
 }
 
 /// The user's container labels, then ours (which win, so a task cannot pass for another).
@@ -1154,7 +1267,7 @@ mod tests {
 
     #[test]
     fn container_body_maps_the_spec() {
-        let body = container_body(&task(spec()), "img", vec![]);
+        let body = container_body(&task(spec()), "img", vec![], &HashMap::new());
         assert_eq!(body.env, Some(vec!["A=1".to_string(), "SWARM_TASK_ID=t1".to_string()]));
         let labels = body.labels.unwrap_or_default();
         assert_eq!(labels.get(LABEL_TASK).map(String::as_str), Some("t1"));

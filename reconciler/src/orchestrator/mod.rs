@@ -185,6 +185,9 @@ pub fn reconcile(inputs: &Inputs, new_id: &mut dyn FnMut() -> String) -> Actions
     let services: HashMap<&str, &Service> = inputs.services.iter().map(|s| (s.spec.name.as_str(), s)).collect();
     let mut by_service: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for i in 0..work.existing {
+        if inputs.tasks[i].0.is_manual() {
+            continue; // placed by hand (`swarm debug run`): not the orchestrator's
+        }
         let name = inputs.tasks[i].0.service.as_str();
         let Some(service) = services.get(name) else {
             work.delete(i); // the service is gone: its tasks go (the agents stop them)

@@ -59,6 +59,9 @@ struct Sim {
     now: u64,
     next_id: u64,
     history_limit: usize,
+    /// Tasks that ran on a node when it went Down: out of reach, they run on until that node is back and its agent
+    /// hears what to do.
+    lost: std::collections::BTreeSet<String>,
 }
 
 impl Sim {
@@ -71,6 +74,7 @@ impl Sim {
             now: 1_000_000,
             next_id: 0,
             history_limit: 5,
+            lost: Default::default(),
         }
     }
 
@@ -85,6 +89,17 @@ impl Sim {
         change(&mut spec);
         if let Some(updated) = s.updated(spec, false, self.now) {
             *s = updated;
+        }
+    }
+
+    /// The node stops answering: what runs there is out of the cluster's reach until it returns.
+    fn node_down(&mut self, index: usize) {
+        let id = self.nodes[index].id.clone();
+        self.nodes[index].status = NodeStatus::Down;
+        for (t, _) in self.tasks.values() {
+            if t.node_id.as_deref() == Some(id.as_str()) && t.status.state <= TaskState::Running {
+                self.lost.insert(t.id.clone());
+            }
         }
     }
 
@@ -197,10 +212,11 @@ impl Sim {
             .collect()
     }
 
-    /// At most one task per slot runs on a Ready node, unless a start-first update is under way.
+    /// At most one task per slot runs on a Ready node, unless a start-first update is under way — or a node that was
+    /// Down came back and has not yet stopped what was moved away from it.
     fn check_one_per_slot(&self) {
         let mut seen: BTreeMap<(String, u64), usize> = BTreeMap::new();
-        for (t, _) in self.tasks.values() {
+        for (t, _) in self.tasks.values().filter(|(t, _)| !self.lost.contains(&t.id)) {
             let on_ready = t
                 .node_id
                 .as_ref()
@@ -303,7 +319,7 @@ fn tasks_on_a_node_that_goes_down_move_and_stay_stopped_when_it_returns() {
     let mut sim = Sim::new(&["n1", "n2"]);
     sim.create(replicated("web", 4));
     sim.settle();
-    sim.node_mut("n1").status = NodeStatus::Down;
+    sim.node_down(0);
     sim.settle();
     assert_eq!(sim.running("web"), BTreeMap::from([("n2".into(), 4)]));
     let old_on_n1: Vec<String> = sim
@@ -575,7 +591,7 @@ proptest! {
                         sim.fail(&id);
                     }
                 }
-                Event::NodeDown(i) => sim.nodes[i].status = NodeStatus::Down,
+                Event::NodeDown(i) => sim.node_down(i),
                 Event::NodeUp(i) => sim.nodes[i].status = NodeStatus::Ready,
                 Event::Drain(i) => sim.nodes[i].availability = Availability::Drain,
                 Event::Activate(i) => sim.nodes[i].availability = Availability::Active,
@@ -599,6 +615,10 @@ proptest! {
         prop_assert_eq!(sim.running_count("web") as u64, replicas);
         let version = sim.services[0].task_version;
         prop_assert!(sim.tasks.values().all(|(t, _)| t.desired_state > TaskState::Running || t.spec_version == version));
+        prop_assert!(
+            sim.tasks.values().all(|(t, _)| t.status.state != TaskState::Running || t.desired_state == TaskState::Running),
+            "every node is back: what was moved away from them has stopped"
+        );
         prop_assert!(sim.step().is_empty());
     }
 }

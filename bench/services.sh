@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Services side by side with Docker Swarm mode on this machine's engine, in one run:
+#   create 50 replicas, recover a task whose container was removed (restart delay 0), scale up by 20
+#   (ours and ../shared/tools/docker-swarm-baseline.sh, same image, same command, same polling),
+# and worker loss: a worker's daemon is killed, time until all its tasks run elsewhere (ours, process driver).
+#
+# usage: bench/services.sh [N_REPLICAS=50] [WORKER_TASKS=10]
+# needs: a Docker Engine, busybox-static, curl; builds the release binary.
+set -euo pipefail
+N=${1:-50}
+W=${2:-10}
+cd "$(dirname "$0")/.."
+BASELINE=${BASELINE:-../shared/tools/docker-swarm-baseline.sh}
+cargo build --release --quiet
+SW=$PWD/target/release/swarm
+ROOT=$(mktemp -d /tmp/swarm-bench.XXXXXX)
+PIDS=()
+
+now() { date +%s.%N; }
+since() { echo "$(now) - $1" | bc; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# daemon NAME: starts a node in $ROOT/NAME, prints nothing; its socket is $ROOT/NAME/swarm.sock
+daemon() {
+  mkdir -p "$ROOT/$1"
+  SWARM_LOG=warn "$SW" daemon --data-dir "$ROOT/$1/data" --socket "$ROOT/$1/swarm.sock" --hostname "$1" ${2:-} \
+    >"$ROOT/$1/log" 2>&1 &
+  PIDS+=($!)
+  echo $! >"$ROOT/$1/pid"
+  until [ -S "$ROOT/$1/swarm.sock" ]; do sleep 0.05; done
+}
+on() { local n=$1; shift; "$SW" -H "$ROOT/$n/swarm.sock" "$@"; }
+replicas_are() { # node service want: polls `service ls` as the baseline polls `docker service ls`
+  while [ "$(on "$1" service ls --filter "name=$2" | awk -v s="$2" '$2==s {print $4}')" != "$3/$3" ]; do sleep 0.1; done
+}
+cleanup() {
+  for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  # process-driver tasks outlive their daemon (an agent restart adopts them): end them
+  for e in /proc/[0-9]*/environ; do
+    if grep -qz "^SWARM_SERVICE_NAME=bench_" "$e" 2>/dev/null; then kill -9 "$(basename "$(dirname "$e")")" 2>/dev/null || true; fi
+  done
+  docker ps -aq --filter label=io.swarm.service=bench_a | xargs -r docker rm -f >/dev/null
+  rm -rf "$ROOT"
+}
+trap cleanup EXIT
+
+# The same image the baseline builds (it skips building when present).
+if ! docker image inspect swarm-bench/busybox:1 >/dev/null 2>&1; then
+  r=$(mktemp -d); mkdir -p "$r/bin"; cp "$(command -v busybox)" "$r/bin/busybox"
+  for c in sh sleep echo cat hostname httpd true; do ln -s busybox "$r/bin/$c"; done
+  echo 1 >"$r/VERSION"; tar -C "$r" -c . | docker import - swarm-bench/busybox:1 >/dev/null
+  echo 2 >"$r/VERSION"; tar -C "$r" -c . | docker import - swarm-bench/busybox:2 >/dev/null
+  rm -rf "$r"
+fi
+CMD=(sh -c 'trap "exit 0" TERM; while true; do sleep 0.2; done')
+
+# --- ours: one node, docker driver ---
+daemon m1
+port=$(free_port)
+on m1 init --listen-addr "127.0.0.1:$port" --advertise-addr "127.0.0.1:$port" >/dev/null
+until on m1 node ls | grep -q Ready; do sleep 0.05; done
+
+t=$(now)
+on m1 service create --detach --quiet --name bench_a --replicas "$N" --restart-delay 0s swarm-bench/busybox:1 "${CMD[@]}" >/dev/null
+replicas_are m1 bench_a "$N"
+ours_create=$(since "$t")
+
+c=$(docker ps -q --filter label=io.swarm.service=bench_a | head -n 1)
+t=$(now); docker rm -f "$c" >/dev/null; sleep 0.3
+replicas_are m1 bench_a "$N"
+ours_recover=$(since "$t")
+
+t=$(now); on m1 service scale --detach "bench_a=$((N + 20))" >/dev/null
+replicas_are m1 bench_a $((N + 20))
+ours_scale=$(since "$t")
+on m1 service rm bench_a >/dev/null
+while [ -n "$(docker ps -aq --filter label=io.swarm.service=bench_a)" ]; do sleep 0.1; done
+
+# --- worker loss: a manager and a worker on loopback, process driver, default heartbeat (1 s, grace 3) ---
+daemon w1 --no-docker
+token=$(on m1 join-token -q worker)
+wport=$(free_port)
+on w1 join --token "$token" --listen-addr "127.0.0.1:$wport" --advertise-addr "127.0.0.1:$wport" "127.0.0.1:$port" >/dev/null
+until [ "$(on m1 node ls | grep -c Ready)" = 2 ]; do sleep 0.05; done
+on m1 service create --detach --quiet --driver process --name bench_w --replicas $((2 * W)) --restart-delay 0s \
+  -- "${CMD[@]}" >/dev/null
+replicas_are m1 bench_w $((2 * W))
+on_w1=$(on m1 service ps bench_w --filter desired-state=running | grep -c ' w1 ' || true)
+t=$(now); kill -9 "$(cat "$ROOT/w1/pid")"
+# running on m1 only: every task that was on w1 replaced
+until [ "$(on m1 service ps bench_w --filter desired-state=running | awk '$4=="m1" && $6=="Running"' | wc -l)" = $((2 * W)) ]; do
+  sleep 0.05
+done
+ours_loss=$(since "$t")
+
+# --- Docker Swarm on the same engine ---
+declare -A swarm
+if [ -x "$BASELINE" ] || [ -f "$BASELINE" ]; then
+  while read -r name secs; do swarm[$name]=$secs; done < <(bash "$BASELINE" "$N" 10 2>/dev/null | grep -v '^rolling')
+fi
+
+ratio() { [ -n "${2:-}" ] && echo "scale=2; $1 / $2" | bc || echo "-"; }
+printf '%-34s %10s %12s %8s\n' figure ours "docker swarm" ratio
+printf '%-34s %10.2f %12s %8s\n' "create ${N} replicas (s)" "$ours_create" "${swarm[create_${N}_replicas]:--}" "$(ratio "$ours_create" "${swarm[create_${N}_replicas]:-}")"
+printf '%-34s %10.2f %12s %8s\n' "recover a removed container (s)" "$ours_recover" "${swarm[recover_killed_task]:--}" "$(ratio "$ours_recover" "${swarm[recover_killed_task]:-}")"
+printf '%-34s %10.2f %12s %8s\n' "scale up by 20 (s)" "$ours_scale" "${swarm[scale_up_by_20]:--}" "$(ratio "$ours_scale" "${swarm[scale_up_by_20]:-}")"
+printf '%-34s %10.2f %12s %8s\n' "worker loss, ${on_w1} tasks moved (s)" "$ours_loss" "~20 (defaults)" "-"

@@ -1,0 +1,604 @@
+//! Stacks against the live cluster: the current state of a stack as the store holds it, a plan with drift and a
+//! placement dry-run, and an apply that writes the whole stack in one guarded Raft entry.
+
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+
+use serde::Deserialize;
+use serde::Serialize;
+use serde_json::json;
+use swarm_specs::spec::ConfigSpec;
+use swarm_specs::spec::ContentSource;
+use swarm_specs::spec::NetworkSpec;
+use swarm_specs::spec::SecretSpec;
+use swarm_specs::spec::ServiceMode;
+use swarm_specs::spec::ServiceSpec;
+use swarm_specs::spec::StackSpec;
+use swarm_specs::spec::VolumeSpec;
+use swarm_specs::spec::STACK_NAMESPACE_LABEL;
+use swarm_specs::task::Task;
+use swarm_specs::task::TaskState;
+use swarm_specs::task::TaskStatus;
+
+use crate::cluster::Node;
+use crate::objects::Service;
+use crate::objects::Stack;
+use crate::objects::StackRevision;
+use crate::plan;
+use crate::plan::Action;
+use crate::plan::Kind;
+use crate::plan::Plan;
+use crate::scheduler;
+use crate::store;
+use crate::store::Guard;
+use crate::store::Object;
+use crate::store::Op;
+use crate::store::Request;
+use crate::store::StateMachineStore;
+
+/// `POST /v1/stacks/{name}/plan`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PlanRequest {
+    pub spec: StackSpec,
+}
+
+/// A live plan: the changes (with placement), the drift since the last apply, and what is not honoured yet.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LivePlan {
+    pub plan: Plan,
+    /// What differs between the last applied revision and the cluster, because of commands outside the stack
+    /// (`swarm service scale`, `service update`): each change reads "the cluster has `after`, the stack said `before`".
+    pub drift: Vec<plan::Change>,
+    /// Parts of the stack this version accepts but does not enforce yet.
+    pub notices: Vec<String>,
+}
+
+/// `POST /v1/stacks/{name}/apply`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApplyRequest {
+    pub spec: StackSpec,
+    /// From a saved plan: refuse when the stack moved past this revision since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_revision: Option<u64>,
+    /// Remove services, networks, volumes, secrets and configs the stack no longer has.
+    #[serde(default)]
+    pub prune: bool,
+    /// Where the spec came from (`file sha256:…`, `git …`).
+    #[serde(default)]
+    pub source: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApplyResponse {
+    /// The stack's revision after the apply (unchanged when there was nothing to do).
+    pub revision: u64,
+    pub changed: bool,
+    pub plan: Plan,
+    /// The services of the stack and the task version each converges to.
+    pub services: Vec<(String, u64)>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ApplyError {
+    #[error(
+        "plan is stale: stack {stack} changed at revision {actual} after the plan was made at revision {planned}; \
+         run `swarm plan` again"
+    )]
+    Stale { stack: String, planned: u64, actual: u64 },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A stack's current state: the last applied spec with the services as they are now.
+pub struct Current {
+    pub stack: Option<(Stack, u64)>,
+    /// Services of the stack (by label or by the last applied spec), as they are now.
+    pub services: Vec<(Service, u64)>,
+    pub spec: StackSpec,
+}
+
+pub fn current(sm: &StateMachineStore, name: &str) -> Current {
+    let stack = store::get::<Stack>(sm, name);
+    let applied = stack.as_ref().map(|(s, _)| s.spec.clone());
+    let services: Vec<(Service, u64)> = store::list::<Service>(sm)
+        .into_iter()
+        .filter(|(s, _)| s.stack() == Some(name) || applied.as_ref().is_some_and(|a| a.services.contains_key(s.name())))
+        .collect();
+    let mut spec = applied.unwrap_or_else(|| StackSpec {
+        name: name.to_string(),
+        ..StackSpec::default()
+    });
+    spec.services = services
+        .iter()
+        .map(|(s, _)| (s.name().to_string(), s.spec.clone()))
+        .collect();
+    Current { stack, services, spec }
+}
+
+/// The live plan of `desired` against the store.
+pub fn plan_live(sm: &StateMachineStore, desired: &StackSpec) -> LivePlan {
+    let current = current(sm, &desired.name);
+    let mut plan = plan::plan(desired, &current.spec);
+    plan.base_revision = Some(current.stack.as_ref().map_or(0, |(s, _)| s.revision));
+    let drift = match &current.stack {
+        Some((stack, _)) => {
+            let mut applied = stack.spec.clone();
+            applied.secrets = current.spec.secrets.clone();
+            applied.configs = current.spec.configs.clone();
+            plan::plan(&current.spec, &applied).changes
+        }
+        None => Vec::new(),
+    };
+    let nodes: Vec<Node> = store::list::<Node>(sm).into_iter().map(|(n, _)| n).collect();
+    let tasks: Vec<Task> = store::list::<Task>(sm).into_iter().map(|(t, _)| t).collect();
+    dry_run(&mut plan, desired, &current, &nodes, &tasks);
+    LivePlan {
+        plan,
+        drift,
+        notices: notices(desired),
+    }
+}
+
+/// What this version accepts but does not enforce yet, said rather than dropped silently.
+pub fn notices(desired: &StackSpec) -> Vec<String> {
+    use swarm_specs::spec::Driver;
+    use swarm_specs::spec::PublishMode;
+    let mut out = Vec::new();
+    for (name, service) in &desired.services {
+        let ingress: Vec<String> = service
+            .ports
+            .iter()
+            .filter(|p| p.mode == PublishMode::Ingress)
+            .filter_map(|p| p.published.map(|port| port.to_string()))
+            .collect();
+        if !ingress.is_empty() {
+            out.push(format!(
+                "service {name}: port {} is published on the nodes that run its tasks (no routing mesh yet)",
+                ingress.join(", ")
+            ));
+        }
+    }
+    let containers_on_networks = desired
+        .services
+        .values()
+        .any(|s| s.task.driver == Driver::Docker && !s.task.networks.is_empty());
+    if containers_on_networks && desired.networks.values().any(|n| n.driver == "overlay" && !n.external) {
+        out.push(
+            "networks: each node gets a bridge network of the stack's network; services find each other by name among \
+             the tasks on one node (cross-host overlay and virtual IPs are not built yet)"
+                .to_string(),
+        );
+    }
+    if !desired.secrets.is_empty() {
+        out.push("secrets are recorded but their content is not delivered to tasks yet".to_string());
+    }
+    out
+}
+
+/// Fills each created or updated service's placement: where its new tasks would go, and what cannot be placed.
+pub fn dry_run(plan: &mut Plan, desired: &StackSpec, current: &Current, nodes: &[Node], tasks: &[Task]) {
+    // Tasks of services this plan replaces no longer hold their nodes; the rest stay.
+    let replaced: BTreeSet<&str> = plan
+        .changes
+        .iter()
+        .filter(|c| c.kind == Kind::Service && (c.replaces_tasks || c.action == Action::Remove))
+        .filter_map(|c| change_service(c, desired, current))
+        .collect();
+    let mut existing: Vec<Task> = tasks
+        .iter()
+        .filter(|t| !replaced.contains(t.service.as_str()))
+        .cloned()
+        .collect();
+    for change in plan.changes.iter_mut() {
+        if change.kind != Kind::Service || change.action == Action::Remove {
+            continue;
+        }
+        let Some(name) = change_service(change, desired, current) else {
+            continue;
+        };
+        let Some(spec) = desired.services.get(name) else {
+            continue;
+        };
+        let live = existing
+            .iter()
+            .filter(|t| t.service == name && scheduler::occupies_node(t))
+            .count() as u64;
+        let placement = match &spec.mode {
+            ServiceMode::Replicated { replicas } => {
+                let wanted = replicas.saturating_sub(live);
+                place_replicas(spec, wanted, nodes, &mut existing, desired)
+            }
+            ServiceMode::ReplicatedJob { max_concurrent, .. } => {
+                place_replicas(spec, (*max_concurrent).max(1), nodes, &mut existing, desired)
+            }
+            ServiceMode::Global | ServiceMode::GlobalJob => place_global(spec, nodes, &existing),
+        };
+        change.placement = Some(placement);
+    }
+}
+
+/// The stored name of the service a change is about.
+fn change_service<'a>(change: &plan::Change, desired: &'a StackSpec, current: &'a Current) -> Option<&'a str> {
+    let value = if change.after.is_null() {
+        &change.before
+    } else {
+        &change.after
+    };
+    let name = value.get("name")?.as_str()?;
+    desired
+        .services
+        .keys()
+        .chain(current.spec.services.keys())
+        .find(|k| k.as_str() == name)
+        .map(String::as_str)
+}
+
+fn place_replicas(
+    spec: &ServiceSpec,
+    wanted: u64,
+    nodes: &[Node],
+    existing: &mut Vec<Task>,
+    desired: &StackSpec,
+) -> serde_json::Value {
+    let pending: Vec<Task> = (0..wanted)
+        .map(|i| Task {
+            id: format!("dry-run-{}-{i}", spec.name),
+            service: spec.name.clone(),
+            slot: Some(i + 1),
+            node_id: None,
+            spec_version: 0,
+            spec: spec.task.clone(),
+            desired_state: TaskState::Running,
+            status: TaskStatus::new(TaskState::Pending, 0, "dry run"),
+            created_at: 0,
+        })
+        .collect();
+    let ports = |name: &str| desired.services.get(name).map(|s| s.ports.clone()).unwrap_or_default();
+    let decisions = scheduler::schedule(nodes, existing, &pending, &ports, &|_, _| 0);
+    let mut by_node: BTreeMap<String, u64> = BTreeMap::new();
+    let mut unplaceable: BTreeMap<String, u64> = BTreeMap::new();
+    for (decision, mut task) in decisions.into_iter().zip(pending) {
+        match decision {
+            scheduler::Decision::Assign { node_id, .. } => {
+                let host = hostname(nodes, &node_id);
+                *by_node.entry(host).or_default() += 1;
+                task.node_id = Some(node_id);
+                task.status.state = TaskState::Assigned;
+                existing.push(task);
+            }
+            scheduler::Decision::Unplaceable { reason, .. } => *unplaceable.entry(reason).or_default() += 1,
+        }
+    }
+    json!({
+        "new_tasks": wanted,
+        "nodes": by_node,
+        "unplaceable": unplaceable.into_iter().map(|(reason, count)| json!({"count": count, "reason": reason})).collect::<Vec<_>>(),
+    })
+}
+
+fn place_global(spec: &ServiceSpec, nodes: &[Node], existing: &[Task]) -> serde_json::Value {
+    let infos = scheduler::node_infos(nodes, existing, &|_| Vec::new());
+    let mut by_node: BTreeMap<String, u64> = BTreeMap::new();
+    let mut rejections = Vec::new();
+    for info in &infos {
+        let node = info.node;
+        let check = scheduler::filters::check_readiness(node)
+            .and_then(|_| scheduler::filters::check_driver(node, spec.task.driver))
+            .and_then(|_| scheduler::filters::check_resources(&info.available(), &spec.task.resources.reservations))
+            .and_then(|_| scheduler::filters::check_constraints(node, &spec.task.placement.constraints));
+        match check {
+            Ok(()) => {
+                by_node.insert(node.description.hostname.clone(), 1);
+            }
+            Err(rejection) => rejections.push(rejection),
+        }
+    }
+    let skipped = if rejections.is_empty() {
+        serde_json::Value::Null
+    } else {
+        json!(scheduler::explain(&rejections).replacen("no suitable node", "not on every node", 1))
+    };
+    json!({ "new_tasks": by_node.len(), "nodes": by_node, "unplaceable": [], "skipped_nodes": skipped })
+}
+
+fn hostname(nodes: &[Node], id: &str) -> String {
+    nodes
+        .iter()
+        .find(|n| n.id == id)
+        .map(|n| n.description.hostname.clone())
+        .unwrap_or_else(|| id.to_string())
+}
+
+/// The write that applies `desired`: one entry, guarded on every object it read.
+pub struct ApplyWrite {
+    pub request: Option<Request>,
+    pub revision: u64,
+    pub plan: Plan,
+    pub services: Vec<(String, u64)>,
+}
+
+/// What the apply of `desired` writes (pure but for the store reads done by the caller into `current` and `live`).
+#[allow(clippy::too_many_arguments)]
+pub fn apply_write(
+    desired: &StackSpec,
+    current: &Current,
+    last_revision: u64,
+    others: &Others,
+    request: &ApplyRequest,
+    applied_by: &str,
+    now: u64,
+    new_id: &mut dyn FnMut() -> String,
+) -> Result<ApplyWrite, ApplyError> {
+    let stack_revision = current.stack.as_ref().map_or(0, |(s, _)| s.revision);
+    if let Some(planned) = request.expected_revision {
+        if planned != stack_revision {
+            return Err(ApplyError::Stale {
+                stack: desired.name.clone(),
+                planned,
+                actual: stack_revision,
+            });
+        }
+    }
+    for (name, secret) in &desired.secrets {
+        if secret.source == ContentSource::External && !others.secrets.contains_key(name) {
+            return Err(ApplyError::Invalid(format!(
+                "secret {name} is declared external but does not exist in the cluster; create it first"
+            )));
+        }
+    }
+    let mut plan = plan::plan(desired, &current.spec);
+    plan.base_revision = Some(stack_revision);
+    let mut guards = vec![Guard::Revision {
+        table: Stack::TABLE.into(),
+        key: desired.name.clone(),
+        revision: current.stack.as_ref().map_or(0, |(_, r)| *r),
+    }];
+    let mut ops = Vec::new();
+    let live: BTreeMap<&str, &(Service, u64)> = current.services.iter().map(|s| (s.0.name(), s)).collect();
+    let mut versions = Vec::new();
+    for (name, spec) in &desired.services {
+        let mut spec = spec.clone();
+        spec.labels
+            .entry(STACK_NAMESPACE_LABEL.to_string())
+            .or_insert_with(|| desired.name.clone());
+        match live.get(name.as_str()) {
+            Some((service, revision)) => {
+                guards.push(guard(Service::TABLE, name, *revision));
+                match service.updated(spec, false, now) {
+                    Some(updated) => {
+                        versions.push((name.clone(), updated.task_version));
+                        ops.push(store::put(&updated));
+                    }
+                    None => versions.push((name.clone(), service.task_version)),
+                }
+            }
+            None => {
+                if let Some(revision) = others.services.get(name) {
+                    return Err(ApplyError::Invalid(format!(
+                        "service {name} exists outside stack {} (revision {revision}); remove it or rename the service",
+                        desired.name
+                    )));
+                }
+                guards.push(guard(Service::TABLE, name, 0));
+                let service = Service::new(new_id(), spec, now);
+                versions.push((name.clone(), service.task_version));
+                ops.push(store::put(&service));
+            }
+        }
+    }
+    put_objects(
+        &mut ops,
+        &desired.networks,
+        &current.spec.networks,
+        |n: &NetworkSpec| n.external,
+    );
+    put_objects(&mut ops, &desired.volumes, &current.spec.volumes, |v: &VolumeSpec| {
+        v.external
+    });
+    put_objects(&mut ops, &desired.secrets, &current.spec.secrets, |s: &SecretSpec| {
+        s.source == ContentSource::External
+    });
+    put_objects(&mut ops, &desired.configs, &current.spec.configs, |c: &ConfigSpec| {
+        c.source == ContentSource::External
+    });
+    // Stack-owned secrets and configs that a rotation replaced go at once; other objects only with --prune.
+    let mut pruned = Vec::new();
+    for (name, (service, revision)) in &live {
+        if !desired.services.contains_key(*name) && request.prune {
+            guards.push(guard(Service::TABLE, name, *revision));
+            ops.push(store::delete::<Service>(name));
+            pruned.push(format!("service {name}"));
+        }
+        let _ = service;
+    }
+    delete_missing::<NetworkSpec>(
+        &mut ops,
+        &desired.networks,
+        &current.spec.networks,
+        request.prune,
+        |n| n.external,
+    );
+    delete_missing::<VolumeSpec>(&mut ops, &desired.volumes, &current.spec.volumes, request.prune, |v| {
+        v.external
+    });
+    delete_missing::<SecretSpec>(&mut ops, &desired.secrets, &current.spec.secrets, true, |s| {
+        s.source == ContentSource::External
+    });
+    delete_missing::<ConfigSpec>(&mut ops, &desired.configs, &current.spec.configs, true, |c| {
+        c.source == ContentSource::External
+    });
+    let changed = !ops.is_empty() || current.stack.is_none();
+    if !changed {
+        return Ok(ApplyWrite {
+            request: None,
+            revision: stack_revision,
+            plan,
+            services: versions,
+        });
+    }
+    let revision = stack_revision.max(last_revision) + 1;
+    let mut recorded = desired.clone();
+    for spec in recorded.services.values_mut() {
+        spec.labels
+            .entry(STACK_NAMESPACE_LABEL.to_string())
+            .or_insert_with(|| desired.name.clone());
+    }
+    if !request.prune {
+        // Services left out of the file but not pruned still belong to the stack.
+        for (name, (service, _)) in &live {
+            if !recorded.services.contains_key(*name) {
+                recorded.services.insert(name.to_string(), service.spec.clone());
+            }
+        }
+    }
+    let stack = Stack {
+        name: desired.name.clone(),
+        revision,
+        spec: recorded.clone(),
+        created_at: current.stack.as_ref().map_or(now, |(s, _)| s.created_at),
+        updated_at: now,
+    };
+    let s = &plan.summary;
+    let history = StackRevision {
+        stack: desired.name.clone(),
+        revision,
+        source: request.source.clone(),
+        applied_by: applied_by.to_string(),
+        applied_at: now,
+        summary: format!(
+            "{} to create, {} to update, {} to rotate, {} to remove",
+            s.create, s.update, s.rotate, s.remove
+        ),
+        spec: recorded,
+    };
+    ops.push(store::put(&stack));
+    ops.push(store::put(&history));
+    Ok(ApplyWrite {
+        request: Some(Request { guards, ops }),
+        revision,
+        plan,
+        services: versions,
+    })
+}
+
+/// Objects outside the stack that an apply must not clash with.
+#[derive(Default)]
+pub struct Others {
+    /// Services of other stacks (or none) by name, with their revision.
+    pub services: BTreeMap<String, u64>,
+    pub secrets: BTreeMap<String, ()>,
+}
+
+impl Others {
+    pub fn read(sm: &StateMachineStore, current: &Current) -> Others {
+        let mine: BTreeSet<&str> = current.services.iter().map(|(s, _)| s.name()).collect();
+        Others {
+            services: store::list::<Service>(sm)
+                .into_iter()
+                .filter(|(s, _)| !mine.contains(s.name()))
+                .map(|(s, r)| (s.spec.name, r))
+                .collect(),
+            secrets: store::list::<SecretSpec>(sm)
+                .into_iter()
+                .map(|(s, _)| (s.name, ()))
+                .collect(),
+        }
+    }
+}
+
+/// The highest revision in a stack's history (0 when it has none).
+pub fn last_revision(sm: &StateMachineStore, stack: &str) -> u64 {
+    let prefix = format!("{stack}/");
+    sm.list(StackRevision::TABLE)
+        .into_iter()
+        .filter(|(k, _, _)| k.starts_with(&prefix))
+        .filter_map(|(k, _, _)| k[prefix.len()..].parse::<u64>().ok())
+        .max()
+        .unwrap_or(0)
+}
+
+/// A stack's history, oldest first.
+pub fn history(sm: &StateMachineStore, stack: &str) -> Vec<StackRevision> {
+    store::list::<StackRevision>(sm)
+        .into_iter()
+        .map(|(r, _)| r)
+        .filter(|r| r.stack == stack)
+        .collect()
+}
+
+fn put_objects<T: Object + PartialEq>(
+    ops: &mut Vec<Op>,
+    desired: &BTreeMap<String, T>,
+    current: &BTreeMap<String, T>,
+    external: impl Fn(&T) -> bool,
+) {
+    for (name, object) in desired {
+        if !external(object) && current.get(name) != Some(object) {
+            ops.push(store::put(object));
+        }
+    }
+}
+
+fn delete_missing<T: Object>(
+    ops: &mut Vec<Op>,
+    desired: &BTreeMap<String, T>,
+    current: &BTreeMap<String, T>,
+    delete: bool,
+    external: impl Fn(&T) -> bool,
+) {
+    if !delete {
+        return;
+    }
+    for (name, object) in current {
+        if !desired.contains_key(name) && !external(object) {
+            ops.push(store::delete::<T>(name));
+        }
+    }
+}
+
+fn guard(table: &str, key: &str, revision: u64) -> Guard {
+    Guard::Revision {
+        table: table.to_string(),
+        key: key.to_string(),
+        revision,
+    }
+}
+
+/// The ops that remove a whole stack: its services (their tasks follow), networks, volumes, secrets, configs and
+/// the stack record; the history stays.
+pub fn remove_ops(current: &Current) -> Vec<Op> {
+    let mut ops: Vec<Op> = current
+        .services
+        .iter()
+        .map(|(s, _)| store::delete::<Service>(s.name()))
+        .collect();
+    let spec = &current.spec;
+    ops.extend(
+        spec.networks
+            .values()
+            .filter(|n| !n.external)
+            .map(|n| store::delete::<NetworkSpec>(&n.name)),
+    );
+    ops.extend(
+        spec.volumes
+            .values()
+            .filter(|v| !v.external)
+            .map(|v| store::delete::<VolumeSpec>(&v.name)),
+    );
+    ops.extend(
+        spec.secrets
+            .values()
+            .filter(|s| s.source != ContentSource::External)
+            .map(|s| store::delete::<SecretSpec>(&s.name)),
+    );
+    ops.extend(
+        spec.configs
+            .values()
+            .filter(|c| c.source != ContentSource::External)
+            .map(|c| store::delete::<ConfigSpec>(&c.name)),
+    );
+    if current.stack.is_some() {
+        ops.push(store::delete::<Stack>(&spec.name));
+    }
+    ops
+}
