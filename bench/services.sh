@@ -23,7 +23,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 # daemon NAME: starts a node in $ROOT/NAME, prints nothing; its socket is $ROOT/NAME/swarm.sock
 daemon() {
   mkdir -p "$ROOT/$1"
-  SWARM_LOG=warn "$SW" daemon --data-dir "$ROOT/$1/data" --socket "$ROOT/$1/swarm.sock" --hostname "$1" ${2:-} \
+  SWARM_LOG=${SWARM_LOG:-warn} "$SW" daemon --data-dir "$ROOT/$1/data" --socket "$ROOT/$1/swarm.sock" --hostname "$1" ${2:-} \
     >"$ROOT/$1/log" 2>&1 &
   PIDS+=($!)
   echo $! >"$ROOT/$1/pid"
@@ -39,8 +39,8 @@ cleanup() {
   for e in /proc/[0-9]*/environ; do
     if grep -qz "^SWARM_SERVICE_NAME=bench_" "$e" 2>/dev/null; then kill -9 "$(basename "$(dirname "$e")")" 2>/dev/null || true; fi
   done
-  docker ps -aq --filter label=io.swarm.service=bench_a | xargs -r docker rm -f >/dev/null
-  rm -rf "$ROOT"
+  docker ps -aq --filter label=io.swarm.service.name=bench_a | xargs -r docker rm -f >/dev/null
+  [ -n "${KEEP:-}" ] || rm -rf "$ROOT"
 }
 trap cleanup EXIT
 
@@ -65,7 +65,7 @@ on m1 service create --detach --quiet --name bench_a --replicas "$N" --restart-d
 replicas_are m1 bench_a "$N"
 ours_create=$(since "$t")
 
-c=$(docker ps -q --filter label=io.swarm.service=bench_a | head -n 1)
+c=$(docker ps -q --filter label=io.swarm.service.name=bench_a | head -n 1)
 t=$(now); docker rm -f "$c" >/dev/null; sleep 0.3
 replicas_are m1 bench_a "$N"
 ours_recover=$(since "$t")
@@ -74,7 +74,7 @@ t=$(now); on m1 service scale --detach "bench_a=$((N + 20))" >/dev/null
 replicas_are m1 bench_a $((N + 20))
 ours_scale=$(since "$t")
 on m1 service rm bench_a >/dev/null
-while [ -n "$(docker ps -aq --filter label=io.swarm.service=bench_a)" ]; do sleep 0.1; done
+while [ -n "$(docker ps -aq --filter label=io.swarm.service.name=bench_a)" ]; do sleep 0.1; done
 
 # --- worker loss: a manager and a worker on loopback, process driver, default heartbeat (1 s, grace 3) ---
 daemon w1 --no-docker
@@ -85,12 +85,16 @@ until [ "$(on m1 node ls | grep -c Ready)" = 2 ]; do sleep 0.05; done
 on m1 service create --detach --quiet --driver process --name bench_w --replicas $((2 * W)) --restart-delay 0s \
   -- "${CMD[@]}" >/dev/null
 replicas_are m1 bench_w $((2 * W))
-on_w1=$(on m1 service ps bench_w --filter desired-state=running | grep -c ' w1 ' || true)
+w1_id=$(on w1 info --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["node_id"])')
+running_off() { # bench_w tasks that should run and do, on nodes other than $1
+  on m1 debug tasks | python3 -c 'import json,sys
+print(sum(1 for t in json.load(sys.stdin) if t["service"] == "bench_w" and t["desired_state"] == "running"
+          and t["status"]["state"] == "running" and t.get("node_id") != sys.argv[1]))' "$1"
+}
+on_w1=$(( 2 * W - $(running_off "$w1_id") ))
 t=$(now); kill -9 "$(cat "$ROOT/w1/pid")"
-# running on m1 only: every task that was on w1 replaced
-until [ "$(on m1 service ps bench_w --filter desired-state=running | awk '$4=="m1" && $6=="Running"' | wc -l)" = $((2 * W)) ]; do
-  sleep 0.05
-done
+# every task that was on w1 replaced on m1
+until [ "$(running_off "$w1_id")" = $((2 * W)) ]; do sleep 0.05; done
 ours_loss=$(since "$t")
 
 # --- Docker Swarm on the same engine ---

@@ -358,6 +358,7 @@ fn tasks_for(node_id: &str, count: usize) -> Vec<Task> {
                 desired_state: TaskState::Running,
                 status: TaskStatus::new(TaskState::Assigned, now, "assigned"),
                 created_at: now,
+                ports: Vec::new(),
             }
         })
         .collect()

@@ -76,6 +76,7 @@ fn main() {
                 desired_state: TaskState::Running,
                 status: TaskStatus::new(TaskState::Pending, 0, "pending"),
                 created_at: 0,
+                ports: Vec::new(),
             });
         }
     }

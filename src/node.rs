@@ -403,6 +403,7 @@ pub async fn debug_run(
         desired_state: TaskState::Running,
         status: TaskStatus::new(TaskState::Assigned, now, "assigned"),
         created_at: now,
+        ports: Vec::new(),
     };
     let _: Empty = client.post("/v1/tasks", &vec![task.clone()]).await?;
     println!("{}", task.id);

@@ -565,6 +565,7 @@ mod tests {
             desired_state: TaskState::Running,
             status: TaskStatus::new(state, created, "x"),
             created_at: created,
+            ports: Vec::new(),
         }
     }
 

@@ -908,7 +908,8 @@ pub fn format_tasks(
         }
     }
     shown.sort_by(|a, b| {
-        let key = |t: &Task| (t.service.clone(), t.slot, t.node_id.clone());
+        // A slot's tasks together, whatever node each ran on (a global task's key is its node); newest first.
+        let key = |t: &Task| (t.service.clone(), t.slot, t.slot.is_none().then(|| t.node_id.clone()));
         key(a.1)
             .cmp(&key(b.1))
             .then(b.1.created_at.cmp(&a.1.created_at))
@@ -1718,6 +1719,7 @@ mod tests {
             desired_state: desired,
             status: TaskStatus::new(state, created, "x"),
             created_at: created,
+            ports: Vec::new(),
         }
     }
 
@@ -1850,6 +1852,29 @@ mod tests {
             err.as_deref(),
             Some("invalid filter \"colour=red\": the keys are id, label, mode and name")
         );
+    }
+
+    #[test]
+    fn a_slots_tasks_stay_together_newest_first_across_nodes() {
+        let web = service("web", ServiceMode::Replicated { replicas: 1 });
+        let mut moved_away = task("old", "web", 1, TaskState::Running, TaskState::Shutdown, 1_000);
+        moved_away.node_id = Some("zzz".into());
+        let mut replacement = task("new", "web", 1, TaskState::Running, TaskState::Running, 2_000);
+        replacement.node_id = Some("aaa".into());
+        let nodes = vec![node("zzz", "w1"), node("aaa", "m1")];
+        let quiet = PsArgs {
+            quiet: true,
+            ..PsArgs::default()
+        };
+        let text = format_tasks(
+            &[web],
+            &[moved_away, replacement],
+            &nodes,
+            &TaskFilter::default(),
+            3_000,
+            &quiet,
+        );
+        assert_eq!(text, "new\nold\n");
     }
 
     #[test]

@@ -666,6 +666,10 @@ fn a_docker_stack_finds_its_services_by_name_and_a_removed_container_is_replaced
     };
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("docker-stack.yml");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
     let stack = format!(
         r#"
 services:
@@ -678,6 +682,11 @@ services:
   probe:
     image: {IMAGE}
     command: ["sh", "-c", "until wget -q -O - http://web:8080/index.html; do sleep 0.2; done; exec sleep 600"]
+  front:
+    image: {IMAGE}
+    command: ["sh", "-c", "mkdir -p /www && echo hello-from-front > /www/index.html && exec httpd -f -p 80 -h /www"]
+    ports:
+      - {{target: 80, published: {port}, mode: host}}
 "#
     );
     std::fs::write(&file, stack).expect("write stack");
@@ -690,6 +699,19 @@ services:
             Ok(())
         } else {
             Err(logs)
+        }
+    });
+    // A host-mode published port answers on the node.
+    wait_until("the published port answers", Duration::from_secs(20), || {
+        let out = Command::new("curl")
+            .args(["-s", "--max-time", "2", &format!("http://127.0.0.1:{port}/index.html")])
+            .output()
+            .map_err(|e| e.to_string())?;
+        let body = String::from_utf8_lossy(&out.stdout).to_string();
+        if body.contains("hello-from-front") {
+            Ok(())
+        } else {
+            Err(body)
         }
     });
     // `docker rm -f` of a web container: the task is reported failed and replaced.

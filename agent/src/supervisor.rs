@@ -193,6 +193,7 @@ impl Supervisor {
             name: task.container_name(),
             spec: task.spec.clone(),
             env,
+            ports: task.ports.clone(),
         }
     }
 
@@ -227,8 +228,19 @@ impl Supervisor {
                     .stop_signal
                     .clone()
                     .unwrap_or_else(|| "SIGTERM".into());
-                let _ = driver.stop(&id, &signal, grace).await;
-                let _ = driver.remove(&id).await;
+                // Never forget a task whose container or process may still exist: retry until it is gone.
+                let mut backoff = Duration::from_millis(200);
+                loop {
+                    let stopped = driver.stop(&id, &signal, grace).await;
+                    match stopped.and(driver.remove(&id).await) {
+                        Ok(()) => break,
+                        Err(e) => {
+                            tracing::warn!(task = %id, "cannot remove a task that is no longer assigned (retrying): {e}");
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(Duration::from_secs(5));
+                        }
+                    }
+                }
                 self.forget(&id);
                 return;
             }

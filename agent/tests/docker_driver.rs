@@ -698,6 +698,7 @@ mod support {
                 stack: Some(self.stack()),
                 spec: TaskSpec::with_command(TaskDriver::Docker, Some(image.into()), command),
                 env: BTreeMap::from([("SWARM_TASK_ID".into(), task_id)]),
+                ports: Vec::new(),
             }
         }
 

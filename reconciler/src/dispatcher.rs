@@ -29,7 +29,7 @@ impl Object for Task {
 /// At most this many tasks travel in one session message, whatever the cluster's size.
 pub const MAX_TASKS_PER_MESSAGE: usize = 100;
 /// Status reports are written to Raft at most this often (one entry for all of them).
-pub const STATUS_BATCH_INTERVAL: Duration = Duration::from_millis(100);
+pub const STATUS_BATCH_INTERVAL: Duration = Duration::from_millis(20);
 /// A session sends a ping this often, so both ends notice a dead connection.
 pub const SESSION_PING: Duration = Duration::from_secs(2);
 
@@ -334,6 +334,7 @@ mod tests {
             desired_state: TaskState::Running,
             status: TaskStatus::new(state, 0, ""),
             created_at: 0,
+            ports: Vec::new(),
         }
     }
 

@@ -249,7 +249,10 @@ pub async fn run_reporter(
         }
         tokio::select! {
             _ = stop.changed() => return,
-            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+            _ = tokio::time::sleep(REPORT_INTERVAL) => {}
         }
     }
 }
+
+/// A node sends its status reports at most this often (the first change goes at once; later ones are batched).
+pub const REPORT_INTERVAL: Duration = Duration::from_millis(20);

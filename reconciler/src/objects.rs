@@ -49,7 +49,8 @@ impl Service {
         if spec == self.spec && !force {
             return None;
         }
-        let replaces_tasks = spec.task != self.spec.task || force;
+        // Published ports are bound by each task's container (no routing mesh yet): changing them needs new tasks.
+        let replaces_tasks = spec.task != self.spec.task || spec.ports != self.spec.ports || force;
         Some(Service {
             id: self.id.clone(),
             previous_spec: Some(self.spec.clone()),

@@ -156,7 +156,7 @@ pub enum Effect {
     /// config's content cannot either).
     Replace,
     /// Applied to the object without touching its tasks: service labels, replicas, update and rollback
-    /// configs, endpoint mode and ports; secret and config labels.
+    /// configs, endpoint mode; secret and config labels.
     InPlace,
 }
 
@@ -448,7 +448,8 @@ fn walk(path: &mut Vec<String>, before: &Value, after: &Value, found: &mut Vec<F
     }
 }
 
-/// Docker Swarm updates these without new tasks; everything else about a service (all of `task`) replaces them.
+/// Updated without new tasks; everything else about a service (all of `task`) replaces them. Unlike Docker Swarm,
+/// published ports replace tasks: each task's container binds them on its node until the routing mesh exists.
 fn effect(kind: Kind, path: &[String]) -> Effect {
     let path: Vec<&str> = path.iter().map(String::as_str).collect();
     match (kind, path.as_slice()) {
@@ -458,8 +459,7 @@ fn effect(kind: Kind, path: &[String]) -> Effect {
             | ["mode", "replicas"]
             | ["update_config", ..]
             | ["rollback_config", ..]
-            | ["endpoint_mode", ..]
-            | ["ports", ..],
+            | ["endpoint_mode", ..],
         ) => Effect::InPlace,
         (Kind::Secret | Kind::Config, ["labels", ..]) => Effect::InPlace,
         _ => Effect::Replace,
@@ -1014,7 +1014,6 @@ mod tests {
         let current = with_services([service("web", "nginx:1.27", 2)]);
         let mut web = service("web", "nginx:1.27", 2);
         web.labels.insert("com.example.team".to_string(), "edge".to_string());
-        web.ports = vec![port(8080, 80)];
         web.endpoint_mode = EndpointMode::Dnsrr;
         web.update_config.parallelism = 2;
         web.rollback_config.order = UpdateOrder::StartFirst;
@@ -1029,7 +1028,6 @@ mod tests {
             vec![
                 ("endpoint_mode", Effect::InPlace),
                 ("labels[\"com.example.team\"]", Effect::InPlace),
-                ("ports", Effect::InPlace),
                 ("rollback_config.order", Effect::InPlace),
                 ("update_config.parallelism", Effect::InPlace),
             ]
@@ -1037,9 +1035,12 @@ mod tests {
         assert!(!change.replaces_tasks);
 
         web.task.env.insert("LOG_LEVEL".to_string(), Some("debug".to_string()));
+        // Ports are bound by each task's container (no routing mesh yet): they replace tasks.
+        web.ports = vec![port(8080, 80)];
         let plan_replace = plan(&with_services([web]), &current);
         let change = one_change(&plan_replace);
         assert_eq!(field(change, "task.env.LOG_LEVEL").effect, Effect::Replace);
+        assert_eq!(field(change, "ports").effect, Effect::Replace);
         assert!(change.replaces_tasks);
         assert!(render(&plan_replace, false).starts_with("~ service.web (update, replaces tasks)\n"));
     }

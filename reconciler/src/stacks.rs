@@ -251,6 +251,7 @@ fn place_replicas(
             desired_state: TaskState::Running,
             status: TaskStatus::new(TaskState::Pending, 0, "dry run"),
             created_at: 0,
+            ports: Vec::new(),
         })
         .collect();
     let ports = |name: &str| desired.services.get(name).map(|s| s.ports.clone()).unwrap_or_default();

@@ -137,6 +137,10 @@ pub struct Task {
     /// Set by the agent (and by the scheduler up to Assigned).
     pub status: TaskStatus,
     pub created_at: u64,
+    /// The service's published ports, bound by this task's container on its node (until the routing mesh exists,
+    /// ingress-mode ports too).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<crate::spec::PortConfig>,
 }
 
 impl Task {

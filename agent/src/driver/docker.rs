@@ -37,6 +37,8 @@ use bollard::models::MountType as EngineMountType;
 use bollard::models::MountVolumeOptions;
 use bollard::models::NetworkCreateRequest;
 use bollard::models::NetworkingConfig;
+use bollard::models::PortBinding;
+use bollard::models::PortMap;
 use bollard::models::ResourcesUlimits;
 use bollard::models::VolumeCreateRequest;
 use bollard::query_parameters::CreateContainerOptions;
@@ -959,6 +961,7 @@ fn container_body(
         memory: positive(limits.memory_bytes),
         pids_limit: (limits.pids > 0).then_some(limits.pids),
         memory_reservation: positive(spec.resources.reservations.memory_bytes),
+        port_bindings: port_bindings(&task.ports),
         network_mode: spec
             .networks
             .first()
@@ -985,8 +988,38 @@ fn container_body(
         healthcheck: spec.healthcheck.as_ref().map(health_config),
         host_config: Some(host_config),
         networking_config: networking_config(task, networks),
+        exposed_ports: non_empty(task.ports.iter().map(port_key).collect()),
         ..Default::default()
     }
+}
+
+/// `80/tcp`, as the engine names a container port.
+fn port_key(port: &swarm_specs::spec::PortConfig) -> String {
+    let protocol = match port.protocol {
+        swarm_specs::spec::Protocol::Tcp => "tcp",
+        swarm_specs::spec::Protocol::Udp => "udp",
+        swarm_specs::spec::Protocol::Sctp => "sctp",
+    };
+    format!("{}/{protocol}", port.target)
+}
+
+/// The service's ports bound on this node: the published port, or one the engine picks when none is given.
+fn port_bindings(ports: &[swarm_specs::spec::PortConfig]) -> Option<PortMap> {
+    if ports.is_empty() {
+        return None;
+    }
+    let mut map = PortMap::new();
+    for port in ports {
+        let binding = PortBinding {
+            host_ip: None,
+            host_port: Some(port.published.map(|p| p.to_string()).unwrap_or_default()),
+        };
+        map.entry(port_key(port))
+            .or_insert_with(|| Some(Vec::new()))
+            .get_or_insert_with(Vec::new)
+            .push(binding);
+    }
+    Some(map)
 }
 
 /// The task's networks, each with the service's short name (and its own aliases) as DNS aliases, so that tasks find
@@ -1262,7 +1295,30 @@ mod tests {
             name: "st_web.2.t1".into(),
             spec,
             env: BTreeMap::from([("SWARM_TASK_ID".into(), "t1".into())]),
+            ports: Vec::new(),
         }
+    }
+
+    #[test]
+    fn published_ports_are_bound_on_the_node() {
+        let mut run = task(spec());
+        run.ports = vec![
+            swarm_specs::units::parse_port_short("8080:80").unwrap().remove(0),
+            swarm_specs::units::parse_port_short("53/udp").unwrap().remove(0),
+        ];
+        let body = container_body(&run, "img", vec![], &HashMap::new());
+        assert_eq!(
+            body.exposed_ports,
+            Some(vec!["80/tcp".to_string(), "53/udp".to_string()])
+        );
+        let bindings = body.host_config.unwrap().port_bindings.unwrap();
+        let host_port = |key: &str| bindings[key].as_ref().unwrap()[0].host_port.clone();
+        assert_eq!(host_port("80/tcp"), Some("8080".to_string()));
+        assert_eq!(
+            host_port("53/udp"),
+            Some(String::new()),
+            "no published port: the engine picks one"
+        );
     }
 
     #[test]

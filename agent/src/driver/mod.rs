@@ -35,6 +35,8 @@ pub struct TaskRun {
     pub spec: TaskSpec,
     /// Extra environment the agent adds (`SWARM_TASK_ID`, `SWARM_TASK_SLOT`, ...).
     pub env: BTreeMap<String, String>,
+    /// Ports to publish on the node (the docker driver binds them; a process binds its own).
+    pub ports: Vec<swarm_specs::spec::PortConfig>,
 }
 
 /// What a driver sees of a task's container or process right now.

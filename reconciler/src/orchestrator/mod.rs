@@ -157,6 +157,7 @@ impl Work<'_> {
             desired_state: TaskState::Running,
             status,
             created_at: now,
+            ports: service.spec.ports.clone(),
         });
         self.revisions.push(0);
         self.deleted.push(false);

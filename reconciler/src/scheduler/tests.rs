@@ -57,6 +57,7 @@ fn task(id: &str, service: &str, spec: &TaskSpec) -> Task {
         desired_state: TaskState::Running,
         status: TaskStatus::new(TaskState::Pending, 0, "pending"),
         created_at: 0,
+        ports: Vec::new(),
     }
 }
 
