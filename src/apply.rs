@@ -250,6 +250,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         snapshot_interval: None,
         no_docker: args.no_docker,
         docker_socket: args.docker_socket.clone(),
+        stop_tasks_on_exit: true,
     };
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let daemon = tokio::spawn(crate::node::serve_daemon(daemon_args, ready_tx, async {

@@ -394,6 +394,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 snapshot_interval,
                 no_docker,
                 docker_socket,
+                stop_tasks_on_exit: false,
             };
             node::daemon(args).await
         }

@@ -26,6 +26,8 @@ pub struct DaemonArgs {
     pub no_docker: bool,
     /// The Docker Engine's socket.
     pub docker_socket: PathBuf,
+    /// On shutdown, stop and remove this node's tasks instead of leaving them for the next start to adopt.
+    pub stop_tasks_on_exit: bool,
 }
 
 /// Runs the node process until SIGINT or SIGTERM.
@@ -81,6 +83,9 @@ pub async fn serve_daemon(
     tracing::info!(socket = %args.socket.display(), data = %args.data_dir.display(), "swarm daemon ready");
     let _ = ready.send(());
     swarm_reconciler::tls::serve_unix(listener, swarm_reconciler::api::local_router(daemon.clone()), shutdown).await?;
+    if args.stop_tasks_on_exit {
+        daemon.stop_tasks().await;
+    }
     daemon.stop().await;
     let _ = std::fs::remove_file(&args.socket);
     Ok(ExitCode::SUCCESS)

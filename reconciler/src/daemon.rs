@@ -414,6 +414,15 @@ impl Daemon {
         }
     }
 
+    /// Stops and removes every task running on this node, and returns once they are gone (`swarm up` on Ctrl-C).
+    /// The node stays in the swarm; on its next start its tasks are assigned again.
+    pub async fn stop_tasks(&self) {
+        let supervisor = self.supervisor();
+        if let Some(supervisor) = supervisor {
+            supervisor.assign_all(Vec::new()).await;
+        }
+    }
+
     /// Stops and removes every task of this node and the task runner itself (on leave).
     async fn stop_agent(&self) {
         let agent = self.agent.lock().ok().and_then(|mut a| a.take());

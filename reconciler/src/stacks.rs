@@ -169,8 +169,20 @@ pub fn notices(desired: &StackSpec) -> Vec<String> {
                 .to_string(),
         );
     }
+    for (name, network) in &desired.networks {
+        let subnets: Vec<&str> = network.ipam.iter().filter_map(|p| p.subnet.as_deref()).collect();
+        if !subnets.is_empty() && !network.external {
+            out.push(format!(
+                "network {name}: subnet {} is not applied yet (the engine picks each node's bridge subnet)",
+                subnets.join(", ")
+            ));
+        }
+    }
     if !desired.secrets.is_empty() {
         out.push("secrets are recorded but their content is not delivered to tasks yet".to_string());
+    }
+    if !desired.configs.is_empty() {
+        out.push("configs are recorded but their content is not delivered to tasks yet".to_string());
     }
     out
 }
@@ -602,4 +614,175 @@ pub fn remove_ops(current: &Current) -> Vec<Op> {
         ops.push(store::delete::<Stack>(&spec.name));
     }
     ops
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use swarm_specs::spec::Driver;
+    use swarm_specs::spec::EndpointMode;
+    use swarm_specs::spec::TaskSpec;
+    use swarm_specs::spec::UpdateConfig;
+
+    use super::*;
+
+    fn service(name: &str, replicas: u64) -> ServiceSpec {
+        ServiceSpec {
+            name: name.into(),
+            labels: BTreeMap::new(),
+            mode: ServiceMode::Replicated { replicas },
+            task: TaskSpec::with_command(Driver::Process, None, vec!["sleep".into(), "1".into()]),
+            endpoint_mode: EndpointMode::Vip,
+            ports: Vec::new(),
+            update_config: UpdateConfig::default(),
+            rollback_config: UpdateConfig::default(),
+        }
+    }
+
+    fn stack(services: &[ServiceSpec]) -> StackSpec {
+        StackSpec {
+            name: "shop".into(),
+            services: services.iter().map(|s| (s.name.clone(), s.clone())).collect(),
+            ..StackSpec::default()
+        }
+    }
+
+    fn request(spec: &StackSpec) -> ApplyRequest {
+        ApplyRequest {
+            spec: spec.clone(),
+            expected_revision: None,
+            prune: false,
+            source: "test".into(),
+        }
+    }
+
+    /// The state after `write` was applied: the stack record and its services.
+    fn applied(write: &ApplyWrite) -> Current {
+        let mut stack = None;
+        let mut services = Vec::new();
+        for op in &write.request.as_ref().unwrap().ops {
+            if let Op::Put { table, value, .. } = op {
+                if table == Stack::TABLE {
+                    stack = Some((serde_json::from_value::<Stack>(value.clone()).unwrap(), 7));
+                } else if table == Service::TABLE {
+                    services.push((serde_json::from_value::<Service>(value.clone()).unwrap(), 7));
+                }
+            }
+        }
+        let (s, _) = stack.clone().unwrap();
+        let mut spec = s.spec.clone();
+        spec.services = services
+            .iter()
+            .map(|(s, _)| (s.name().to_string(), s.spec.clone()))
+            .collect();
+        Current { stack, services, spec }
+    }
+
+    fn empty() -> Current {
+        Current {
+            stack: None,
+            services: Vec::new(),
+            spec: StackSpec {
+                name: "shop".into(),
+                ..StackSpec::default()
+            },
+        }
+    }
+
+    fn ids() -> impl FnMut() -> String {
+        let mut n = 0;
+        move || {
+            n += 1;
+            format!("id{n}")
+        }
+    }
+
+    #[test]
+    fn a_first_apply_writes_every_service_with_the_stack_label_and_revision_one() {
+        let desired = stack(&[service("shop_web", 2), service("shop_api", 1)]);
+        let write = apply_write(
+            &desired,
+            &empty(),
+            0,
+            &Others::default(),
+            &request(&desired),
+            "me",
+            5,
+            &mut ids(),
+        )
+        .unwrap();
+        assert_eq!(write.revision, 1);
+        let written = write.request.as_ref().unwrap();
+        assert!(written
+            .guards
+            .iter()
+            .all(|g| matches!(g, Guard::Revision { revision: 0, .. })));
+        let state = applied(&write);
+        assert_eq!(state.services.len(), 2);
+        for (s, _) in &state.services {
+            assert_eq!(s.stack(), Some("shop"));
+        }
+        // Applying the same file again writes nothing.
+        let again = apply_write(
+            &desired,
+            &state,
+            1,
+            &Others::default(),
+            &request(&desired),
+            "me",
+            6,
+            &mut ids(),
+        )
+        .unwrap();
+        assert!(again.request.is_none());
+        assert_eq!(again.revision, 1);
+    }
+
+    #[test]
+    fn a_plan_made_at_an_older_revision_is_refused() {
+        let v1 = stack(&[service("shop_web", 2)]);
+        let write = apply_write(&v1, &empty(), 0, &Others::default(), &request(&v1), "me", 5, &mut ids()).unwrap();
+        let state = applied(&write);
+        let v2 = stack(&[service("shop_web", 3)]);
+        let mut stale = request(&v2);
+        stale.expected_revision = Some(0);
+        let err = apply_write(&v2, &state, 1, &Others::default(), &stale, "me", 6, &mut ids())
+            .err()
+            .unwrap();
+        assert_eq!(
+            err.to_string(),
+            "plan is stale: stack shop changed at revision 1 after the plan was made at revision 0; run `swarm plan` again"
+        );
+        stale.expected_revision = Some(1);
+        let ok = apply_write(&v2, &state, 1, &Others::default(), &stale, "me", 6, &mut ids()).unwrap();
+        assert_eq!(ok.revision, 2);
+    }
+
+    #[test]
+    fn services_left_out_stay_unless_pruned_and_a_name_of_another_stack_is_refused() {
+        let v1 = stack(&[service("shop_web", 1), service("shop_old", 1)]);
+        let state =
+            applied(&apply_write(&v1, &empty(), 0, &Others::default(), &request(&v1), "me", 5, &mut ids()).unwrap());
+        let v2 = stack(&[service("shop_web", 1)]);
+        let kept = apply_write(&v2, &state, 1, &Others::default(), &request(&v2), "me", 6, &mut ids()).unwrap();
+        assert!(kept.request.is_none(), "nothing to do without --prune");
+        let mut prune = request(&v2);
+        prune.prune = true;
+        let pruned = apply_write(&v2, &state, 1, &Others::default(), &prune, "me", 6, &mut ids()).unwrap();
+        let ops = &pruned.request.unwrap().ops;
+        assert!(ops.contains(&store::delete::<Service>("shop_old")));
+        let others = Others {
+            services: BTreeMap::from([("shop_new".to_string(), 3)]),
+            secrets: BTreeMap::new(),
+        };
+        let v3 = stack(&[service("shop_web", 1), service("shop_new", 1)]);
+        let err = apply_write(&v3, &state, 1, &others, &request(&v3), "me", 7, &mut ids())
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string().contains("service shop_new exists outside stack shop"),
+            "{err}"
+        );
+    }
 }

@@ -20,3 +20,4 @@ mod security;
 mod services;
 mod settings;
 mod stacks;
+mod up;
