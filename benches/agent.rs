@@ -359,6 +359,7 @@ fn tasks_for(node_id: &str, count: usize) -> Vec<Task> {
                 status: TaskStatus::new(TaskState::Assigned, now, "assigned"),
                 created_at: now,
                 ports: Vec::new(),
+                networks: Vec::new(),
             }
         })
         .collect()

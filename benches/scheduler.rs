@@ -87,6 +87,7 @@ fn main() {
                 status: TaskStatus::new(TaskState::Pending, 0, "pending"),
                 created_at: 0,
                 ports: Vec::new(),
+                networks: Vec::new(),
             });
         }
     }
@@ -142,6 +143,7 @@ fn orchestrator(nodes: &[Node], pending: &[Task]) {
             services: &services,
             tasks: &[],
             nodes,
+            networks: &[],
             now: 1,
             history_limit: 5,
         };

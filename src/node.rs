@@ -409,6 +409,7 @@ pub async fn debug_run(
         status: TaskStatus::new(TaskState::Assigned, now, "assigned"),
         created_at: now,
         ports: Vec::new(),
+        networks: Vec::new(),
     };
     let _: Empty = client.post("/v1/tasks", &vec![task.clone()]).await?;
     println!("{}", task.id);

@@ -566,6 +566,7 @@ mod tests {
             status: TaskStatus::new(state, created, "x"),
             created_at: created,
             ports: Vec::new(),
+            networks: Vec::new(),
         }
     }
 

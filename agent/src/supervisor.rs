@@ -194,6 +194,7 @@ impl Supervisor {
             spec: task.spec.clone(),
             env,
             ports: task.ports.clone(),
+            networks: task.networks.clone(),
         }
     }
 

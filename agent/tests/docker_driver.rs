@@ -699,6 +699,7 @@ mod support {
                 spec: TaskSpec::with_command(TaskDriver::Docker, Some(image.into()), command),
                 env: BTreeMap::from([("SWARM_TASK_ID".into(), task_id)]),
                 ports: Vec::new(),
+                networks: Vec::new(),
             }
         }
 

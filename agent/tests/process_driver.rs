@@ -199,6 +199,7 @@ fn task(task_id: &str, argv: &[&str]) -> TaskRun {
         spec: TaskSpec::with_command(spec::Driver::Process, None, argv),
         env: BTreeMap::from([("SWARM_TASK_ID".to_string(), task_id.to_string())]),
         ports: Vec::new(),
+        networks: Vec::new(),
     }
 }
 

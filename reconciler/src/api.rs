@@ -463,10 +463,12 @@ async fn dispatcher_status(
         Err(e) => return e.into_response(),
     };
     match leader_dispatcher(&d) {
-        Ok(dispatcher) => {
-            dispatcher.report(&caller.node_id, report.updates);
-            Json(Empty {}).into_response()
-        }
+        // Answered once the reports are in Raft: a report acknowledged and then lost with its leader would leave
+        // the task's status behind for good (the agent reports changes, not states).
+        Ok(dispatcher) => match dispatcher.report(&caller.node_id, report.updates).await {
+            Ok(()) => Json(Empty {}).into_response(),
+            Err(e) => DaemonError::Manager(e).into_response(),
+        },
         Err(r) => *r,
     }
 }

@@ -92,8 +92,15 @@ pub struct Dispatcher {
     sessions: Mutex<HashMap<String, mpsc::Sender<SessionMessage>>>,
     /// Log request id → where the lines go.
     logs: Mutex<HashMap<String, mpsc::Sender<Result<bytes_type::Bytes, std::io::Error>>>>,
-    reports: mpsc::UnboundedSender<(String, Vec<(String, TaskStatus)>)>,
+    reports: mpsc::UnboundedSender<Queued>,
 }
+
+/// A node's reports waiting for the next batch, and who to tell once they are written.
+type Queued = (
+    String,
+    Vec<(String, TaskStatus)>,
+    tokio::sync::oneshot::Sender<Result<(), String>>,
+);
 
 /// `bytes` comes through axum; named here to keep the imports short.
 mod bytes_type {
@@ -113,9 +120,17 @@ impl Dispatcher {
         d
     }
 
-    /// Queues a node's reports; they are written with the next batch.
-    pub fn report(&self, node_id: &str, updates: Vec<(String, TaskStatus)>) {
-        let _ = self.reports.send((node_id.to_string(), updates));
+    /// Queues a node's reports for the next batch and returns once that batch is committed (or failed).
+    pub async fn report(&self, node_id: &str, updates: Vec<(String, TaskStatus)>) -> Result<(), ManagerError> {
+        let (done, written) = tokio::sync::oneshot::channel();
+        self.reports
+            .send((node_id.to_string(), updates, done))
+            .map_err(|_| ManagerError::Rejected("the dispatcher stopped".into()))?;
+        match written.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(ManagerError::Rejected(format!("task statuses not written: {e}"))),
+            Err(_) => Err(ManagerError::Rejected("the dispatcher stopped".into())),
+        }
     }
 
     /// The stream of one node's session: full set first, then changes; ends when the connection does.
@@ -179,6 +194,12 @@ impl Dispatcher {
     }
 }
 
+/// A task is the node's to run once it is assigned there: a global task pinned to its node but still pending (it
+/// does not fit yet) is not.
+fn assigned_to(task: &Task, node_id: &str) -> bool {
+    task.node_id.as_deref() == Some(node_id) && task.status.state >= swarm_specs::task::TaskState::Assigned
+}
+
 async fn send_full(
     sm: &store::StateMachineStore,
     node_id: &str,
@@ -188,7 +209,7 @@ async fn send_full(
     let mine: Vec<Task> = rows
         .into_iter()
         .filter_map(|(_, v, _)| serde_json::from_value::<Task>(v).ok())
-        .filter(|t| t.node_id.as_deref() == Some(node_id))
+        .filter(|t| assigned_to(t, node_id))
         .collect();
     let ids = mine.iter().map(|t| t.id.clone()).collect();
     tx.send(SessionMessage::Begin).await.ok()?;
@@ -232,7 +253,7 @@ async fn run_session(d: Arc<Dispatcher>, node_id: String, tx: mpsc::Sender<Sessi
                 for change in committed.changes.iter().filter(|c| c.table == Task::TABLE) {
                     let task = change.value.clone().and_then(|v| serde_json::from_value::<Task>(v).ok());
                     match task {
-                        Some(t) if t.node_id.as_deref() == Some(node_id.as_str()) => {
+                        Some(t) if assigned_to(&t, &node_id) => {
                             mine.insert(t.id.clone());
                             changed.push(t);
                         }
@@ -255,7 +276,7 @@ async fn run_session(d: Arc<Dispatcher>, node_id: String, tx: mpsc::Sender<Sessi
 /// Writes queued status reports every `STATUS_BATCH_INTERVAL`, all in one guarded Raft entry.
 async fn batch_statuses(
     manager: Arc<Manager>,
-    mut rx: mpsc::UnboundedReceiver<(String, Vec<(String, TaskStatus)>)>,
+    mut rx: mpsc::UnboundedReceiver<Queued>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
@@ -264,53 +285,69 @@ async fn batch_statuses(
             r = rx.recv() => match r { Some(r) => r, None => return },
         };
         tokio::time::sleep(STATUS_BATCH_INTERVAL).await;
-        let mut pending = vec![first];
+        let mut queued = vec![first];
         while let Ok(more) = rx.try_recv() {
-            pending.push(more);
+            queued.push(more);
         }
-        for _ in 0..5 {
-            let mut tasks: BTreeMap<String, Task> = BTreeMap::new();
-            let mut revisions: BTreeMap<String, u64> = BTreeMap::new();
-            for (_, updates) in &pending {
-                for (id, _) in updates {
-                    if let Some((t, rev)) = store::get::<Task>(&manager.sm, id) {
-                        revisions.insert(id.clone(), rev);
-                        tasks.insert(id.clone(), t);
-                    }
+        let mut pending = Vec::with_capacity(queued.len());
+        let mut waiting = Vec::with_capacity(queued.len());
+        for (node, updates, done) in queued {
+            pending.push((node, updates));
+            waiting.push(done);
+        }
+        let result = write_reports(&manager, &pending).await;
+        for done in waiting {
+            let _ = done.send(result.clone());
+        }
+    }
+}
+
+/// Writes one batch in a guarded entry, reading the tasks again when a guard fails (an orchestrator write
+/// meanwhile). Reports that change nothing (stale, backwards, not the node's) need no write.
+async fn write_reports(manager: &Manager, pending: &[(String, Vec<(String, TaskStatus)>)]) -> Result<(), String> {
+    for _ in 0..5 {
+        let mut tasks: BTreeMap<String, Task> = BTreeMap::new();
+        let mut revisions: BTreeMap<String, u64> = BTreeMap::new();
+        for (_, updates) in pending {
+            for (id, _) in updates {
+                if let Some((t, rev)) = store::get::<Task>(&manager.sm, id) {
+                    revisions.insert(id.clone(), rev);
+                    tasks.insert(id.clone(), t);
                 }
             }
-            let mut changed: Vec<String> = Vec::new();
-            for (node, updates) in &pending {
-                for id in apply_reports(&mut tasks, node, updates.clone()) {
-                    if !changed.contains(&id) {
-                        changed.push(id);
-                    }
+        }
+        let mut changed: Vec<String> = Vec::new();
+        for (node, updates) in pending {
+            for id in apply_reports(&mut tasks, node, updates.clone()) {
+                if !changed.contains(&id) {
+                    changed.push(id);
                 }
             }
-            if changed.is_empty() {
-                break;
-            }
-            let request = store::Request {
-                guards: changed
-                    .iter()
-                    .map(|id| store::Guard::Revision {
-                        table: Task::TABLE.into(),
-                        key: id.clone(),
-                        revision: revisions.get(id).copied().unwrap_or(0),
-                    })
-                    .collect(),
-                ops: changed.iter().filter_map(|id| tasks.get(id)).map(store::put).collect(),
-            };
-            match manager.write(request).await {
-                Ok(store::Response::GuardFailed { .. }) => continue, // someone else wrote a task: read again
-                Ok(_) => break,
-                Err(e) => {
-                    tracing::warn!("cannot write task statuses: {e}");
-                    break;
-                }
+        }
+        if changed.is_empty() {
+            return Ok(());
+        }
+        let request = store::Request {
+            guards: changed
+                .iter()
+                .map(|id| store::Guard::Revision {
+                    table: Task::TABLE.into(),
+                    key: id.clone(),
+                    revision: revisions.get(id).copied().unwrap_or(0),
+                })
+                .collect(),
+            ops: changed.iter().filter_map(|id| tasks.get(id)).map(store::put).collect(),
+        };
+        match manager.write(request).await {
+            Ok(store::Response::GuardFailed { .. }) => continue,
+            Ok(_) => return Ok(()),
+            Err(e) => {
+                tracing::warn!("cannot write task statuses: {e}");
+                return Err(e.to_string());
             }
         }
     }
+    Err("the tasks kept changing while their statuses were written".to_string())
 }
 
 #[cfg(test)]
@@ -335,6 +372,7 @@ mod tests {
             status: TaskStatus::new(state, 0, ""),
             created_at: 0,
             ports: Vec::new(),
+            networks: Vec::new(),
         }
     }
 

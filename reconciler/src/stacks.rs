@@ -169,15 +169,6 @@ pub fn notices(desired: &StackSpec) -> Vec<String> {
                 .to_string(),
         );
     }
-    for (name, network) in &desired.networks {
-        let subnets: Vec<&str> = network.ipam.iter().filter_map(|p| p.subnet.as_deref()).collect();
-        if !subnets.is_empty() && !network.external {
-            out.push(format!(
-                "network {name}: subnet {} is not applied yet (the engine picks each node's bridge subnet)",
-                subnets.join(", ")
-            ));
-        }
-    }
     if !desired.secrets.is_empty() {
         out.push("secrets are recorded but their content is not delivered to tasks yet".to_string());
     }
@@ -264,6 +255,7 @@ fn place_replicas(
             status: TaskStatus::new(TaskState::Pending, 0, "dry run"),
             created_at: 0,
             ports: Vec::new(),
+            networks: Vec::new(),
         })
         .collect();
     let ports = |name: &str| desired.services.get(name).map(|s| s.ports.clone()).unwrap_or_default();

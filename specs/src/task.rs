@@ -141,6 +141,9 @@ pub struct Task {
     /// ingress-mode ports too).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<crate::spec::PortConfig>,
+    /// The networks the task attaches to, as the stack defines them, so its node can create them (subnet, options).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<crate::spec::NetworkSpec>,
 }
 
 impl Task {

@@ -29,6 +29,8 @@ use bollard::models::HealthConfig;
 use bollard::models::HealthStatusEnum;
 use bollard::models::HostConfig;
 use bollard::models::HostConfigLogConfig;
+use bollard::models::Ipam;
+use bollard::models::IpamConfig;
 use bollard::models::Mount as EngineMount;
 use bollard::models::MountBindOptions;
 use bollard::models::MountBindOptionsPropagationEnum;
@@ -513,13 +515,7 @@ impl Inner {
             let name = attachment.target.as_str();
             let mut found = self.networks_named(docker, name).await?;
             if found.is_empty() {
-                let request = NetworkCreateRequest {
-                    name: name.to_string(),
-                    driver: Some("bridge".to_string()),
-                    attachable: Some(true),
-                    labels: Some(volume_labels(task)),
-                    ..Default::default()
-                };
+                let request = network_request(task, name);
                 match docker.create_network(request).await {
                     Ok(_) => {}
                     Err(e) if status_of(&e) == Some(409) => {}
@@ -993,6 +989,43 @@ fn container_body(
     }
 }
 
+/// The bridge network to create on this node for the task's network `name`: the stack's subnets, internal flag,
+/// IPv6 and labels when the task carries its spec (options only for a bridge driver: an overlay's mean nothing here).
+fn network_request(task: &TaskRun, name: &str) -> NetworkCreateRequest {
+    let spec = task.networks.iter().find(|n| n.name == name);
+    let mut labels: HashMap<String, String> = spec.map(|s| s.labels.clone().into_iter().collect()).unwrap_or_default();
+    labels.extend(volume_labels(task));
+    let pools: Vec<IpamConfig> = spec
+        .map(|s| {
+            s.ipam
+                .iter()
+                .map(|p| IpamConfig {
+                    subnet: p.subnet.clone(),
+                    gateway: p.gateway.clone(),
+                    ip_range: p.ip_range.clone(),
+                    ..Default::default()
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    NetworkCreateRequest {
+        name: name.to_string(),
+        driver: Some("bridge".to_string()),
+        attachable: Some(true),
+        internal: spec.map(|s| s.internal),
+        enable_ipv6: spec.map(|s| s.enable_ipv6),
+        ipam: (!pools.is_empty()).then(|| Ipam {
+            config: Some(pools),
+            ..Default::default()
+        }),
+        options: spec
+            .filter(|s| s.driver == "bridge")
+            .map(|s| s.driver_opts.clone().into_iter().collect()),
+        labels: Some(labels),
+        ..Default::default()
+    }
+}
+
 /// `80/tcp`, as the engine names a container port.
 fn port_key(port: &swarm_specs::spec::PortConfig) -> String {
     let protocol = match port.protocol {
@@ -1296,7 +1329,40 @@ mod tests {
             spec,
             env: BTreeMap::from([("SWARM_TASK_ID".into(), "t1".into())]),
             ports: Vec::new(),
+            networks: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_stack_network_is_created_with_its_subnet_and_labels() {
+        let mut run = task(spec());
+        run.networks = vec![swarm_specs::spec::NetworkSpec {
+            name: "st_back".into(),
+            driver: "overlay".into(),
+            driver_opts: BTreeMap::from([("encrypted".into(), "".into())]),
+            attachable: false,
+            internal: true,
+            enable_ipv6: false,
+            ipam: vec![swarm_specs::spec::IpamPool {
+                subnet: Some("10.7.0.0/24".into()),
+                gateway: None,
+                ip_range: None,
+            }],
+            labels: BTreeMap::from([("com.docker.stack.namespace".into(), "st".into())]),
+            external: false,
+        }];
+        let request = network_request(&run, "st_back");
+        assert_eq!(request.driver.as_deref(), Some("bridge"));
+        assert_eq!(request.internal, Some(true));
+        assert_eq!(request.options, None, "an overlay's options mean nothing to a bridge");
+        let pools = request.ipam.unwrap().config.unwrap();
+        assert_eq!(pools[0].subnet.as_deref(), Some("10.7.0.0/24"));
+        let labels = request.labels.unwrap();
+        assert_eq!(labels["com.docker.stack.namespace"], "st");
+        assert_eq!(labels[LABEL_NODE], "n1");
+        // A network the task has no spec for (external, say) is a plain bridge.
+        let plain = network_request(&run, "elsewhere");
+        assert!(plain.ipam.is_none() && plain.internal.is_none());
     }
 
     #[test]

@@ -37,6 +37,8 @@ pub struct TaskRun {
     pub env: BTreeMap<String, String>,
     /// Ports to publish on the node (the docker driver binds them; a process binds its own).
     pub ports: Vec<swarm_specs::spec::PortConfig>,
+    /// The networks of `spec.networks` as the stack defines them (subnet, labels, options), when known.
+    pub networks: Vec<swarm_specs::spec::NetworkSpec>,
 }
 
 /// What a driver sees of a task's container or process right now.

@@ -22,6 +22,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::collections::HashMap;
 
+use swarm_specs::spec::NetworkSpec;
 use swarm_specs::spec::RestartCondition;
 use swarm_specs::spec::ServiceMode;
 use swarm_specs::spec::UpdateOrder;
@@ -45,6 +46,8 @@ pub struct Inputs<'a> {
     /// Every task with its mod revision.
     pub tasks: &'a [(Task, u64)],
     pub nodes: &'a [Node],
+    /// The stored networks, copied into each new task that attaches to one (its node creates it from that).
+    pub networks: &'a [NetworkSpec],
     pub now: u64,
     /// Tasks kept per key, the live one included (Swarm's `task-history-limit`, default 5).
     pub history_limit: usize,
@@ -143,10 +146,11 @@ impl Work<'_> {
                 None,
                 TaskStatus::new(TaskState::Pending, now, "pending task scheduling"),
             ),
+            // Pinned to its node, pending until the scheduler has checked that it fits there.
             Key::Node(n) => (
                 None,
                 Some(n.clone()),
-                TaskStatus::new(TaskState::Assigned, now, "assigned"),
+                TaskStatus::new(TaskState::Pending, now, "pending task scheduling"),
             ),
         };
         self.tasks.push(Cow::Owned(Task {
@@ -160,6 +164,14 @@ impl Work<'_> {
             status,
             created_at: now,
             ports: service.spec.ports.clone(),
+            networks: service
+                .spec
+                .task
+                .networks
+                .iter()
+                .filter_map(|a| self.inputs.networks.iter().find(|n| n.name == a.target))
+                .cloned()
+                .collect(),
         }));
         self.revisions.push(0);
         self.deleted.push(false);
@@ -435,8 +447,10 @@ fn reap(work: &mut Work, members: &[usize]) {
     }
 }
 
-/// Places pending tasks: new and old tasks without a node, of live services, in one scheduler call.
+/// Places pending tasks: new and old tasks without a node, of live services, in one scheduler call; and checks
+/// that each pending task pinned to its node (global services) fits there.
 fn place(work: &mut Work) {
+    place_pinned(work);
     let services: HashMap<&str, &Service> = work.inputs.services.iter().map(|s| (s.spec.name.as_str(), s)).collect();
     let waiting = |i: usize| {
         let t = &work.tasks[i];
@@ -474,6 +488,49 @@ fn place(work: &mut Work) {
                 task.status = TaskStatus::new(TaskState::Assigned, now, "assigned");
             }
             Decision::Unplaceable { reason, .. } => {
+                if task.status.err.as_deref() != Some(reason.as_str()) {
+                    let mut status = TaskStatus::new(TaskState::Pending, now, "pending task scheduling");
+                    status.err = Some(reason);
+                    task.status = status;
+                }
+            }
+        }
+    }
+}
+
+/// A global service's pending task goes to its node once the node is Ready and Active, offers the driver, has the
+/// resources left and matches the constraints; until then it stays pending and says why.
+fn place_pinned(work: &mut Work) {
+    let pinned = |i: usize| {
+        let t = &work.tasks[i];
+        !work.deleted[i] && t.node_id.is_some() && work.live(i) && t.status.state <= TaskState::Pending
+    };
+    let pinned_index: Vec<usize> = (0..work.tasks.len()).filter(|&i| pinned(i)).collect();
+    if pinned_index.is_empty() {
+        return;
+    }
+    let now = work.inputs.now;
+    let held: Vec<Task> = (0..work.tasks.len())
+        .filter(|&i| !work.deleted[i] && !pinned(i) && scheduler::occupies_node(&work.tasks[i]))
+        .map(|i| work.tasks[i].clone().into_owned())
+        .collect();
+    let mut infos = scheduler::node_infos(work.inputs.nodes, &held, &|_| Vec::new());
+    for i in pinned_index {
+        let task = work.tasks[i].to_mut();
+        let Some(info) = infos.iter_mut().find(|n| Some(&n.node.id) == task.node_id.as_ref()) else {
+            continue; // the node is gone: the next pass stops the task
+        };
+        let verdict = scheduler::filters::check_readiness(info.node)
+            .and_then(|_| scheduler::filters::check_driver(info.node, task.spec.driver))
+            .and_then(|_| scheduler::filters::check_resources(&info.available(), &task.spec.resources.reservations))
+            .and_then(|_| scheduler::filters::check_constraints(info.node, &task.spec.placement.constraints));
+        match verdict {
+            Ok(()) => {
+                info.reserve(&task.spec);
+                task.status = TaskStatus::new(TaskState::Assigned, now, "assigned");
+            }
+            Err(rejection) => {
+                let reason = scheduler::explain(&[rejection]);
                 if task.status.err.as_deref() != Some(reason.as_str()) {
                     let mut status = TaskStatus::new(TaskState::Pending, now, "pending task scheduling");
                     status.err = Some(reason);

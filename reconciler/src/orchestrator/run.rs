@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use swarm_specs::spec::NetworkSpec;
 use swarm_specs::task::Task;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::watch;
@@ -87,10 +88,15 @@ pub async fn pass(manager: &Manager) -> Result<Option<u64>, ManagerError> {
         .map(|c| c.settings.task_history_limit as usize)
         .unwrap_or(5)
         .max(1);
+    let networks: Vec<NetworkSpec> = store::list::<NetworkSpec>(&manager.sm)
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
     let inputs = Inputs {
         services: &services,
         tasks: &tasks,
         nodes: &nodes,
+        networks: &networks,
         now: now_millis(),
         history_limit,
     };

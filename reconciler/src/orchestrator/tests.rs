@@ -114,6 +114,7 @@ impl Sim {
             services: &self.services,
             tasks: &tasks,
             nodes: &self.nodes,
+            networks: &[],
             now: self.now,
             history_limit: self.history_limit,
         };
@@ -436,6 +437,30 @@ fn a_global_service_runs_once_per_eligible_node() {
     });
     sim.settle();
     assert_eq!(sim.running("agent"), BTreeMap::from([("n1".into(), 1)]));
+}
+
+#[test]
+fn a_global_task_waits_on_its_node_until_it_fits() {
+    let mut sim = Sim::new(&["n1", "n2"]);
+    sim.nodes[1].description.memory_bytes = GIB;
+    let mut agent = spec("agent", ServiceMode::Global);
+    agent.task.resources.reservations.memory_bytes = 2 * GIB;
+    sim.create(agent);
+    sim.settle();
+    assert_eq!(sim.running("agent"), BTreeMap::from([("n1".into(), 1)]));
+    let waiting = sim.live_on("agent", "n2");
+    assert_eq!(waiting.len(), 1);
+    assert_eq!(waiting[0].status.state, TaskState::Pending);
+    assert_eq!(
+        waiting[0].status.err.as_deref(),
+        Some("no suitable node (1 node: 1 lacks 2 GiB memory)")
+    );
+    sim.nodes[1].description.memory_bytes = 4 * GIB;
+    sim.settle();
+    assert_eq!(
+        sim.running("agent"),
+        BTreeMap::from([("n1".into(), 1), ("n2".into(), 1)])
+    );
 }
 
 #[test]

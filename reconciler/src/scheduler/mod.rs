@@ -82,6 +82,13 @@ impl<'n> NodeInfo<'n> {
         }
     }
 
+    /// Counts a task's reservations against the node (a global task placed on it).
+    pub fn reserve(&mut self, spec: &TaskSpec) {
+        let wanted = &spec.resources.reservations;
+        self.reserved.nano_cpus = self.reserved.nano_cpus.saturating_add(wanted.nano_cpus);
+        self.reserved.memory_bytes = self.reserved.memory_bytes.saturating_add(wanted.memory_bytes);
+    }
+
     fn add(&mut self, service: &str, spec: &TaskSpec, host_ports: &[(Protocol, u16)]) {
         match self.tasks_by_service.get_mut(service) {
             Some(count) => *count += 1,

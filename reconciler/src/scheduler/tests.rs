@@ -58,6 +58,7 @@ fn task(id: &str, service: &str, spec: &TaskSpec) -> Task {
         status: TaskStatus::new(TaskState::Pending, 0, "pending"),
         created_at: 0,
         ports: Vec::new(),
+        networks: Vec::new(),
     }
 }
 
