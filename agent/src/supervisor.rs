@@ -103,8 +103,27 @@ impl Supervisor {
     }
 
     /// The complete set of tasks assigned to this node (first message of a session): starts new ones, updates
-    /// known ones, and stops and removes everything else of ours — also what a previous run left behind.
-    pub async fn assign_all(self: &Arc<Self>, tasks: Vec<Task>) {
+    /// known ones, and stops and removes everything else of ours — also what a previous run left behind. Returns at
+    /// once: leftovers are removed in the background, so the session goes on taking assignments meanwhile.
+    pub fn assign_all(self: &Arc<Self>, tasks: Vec<Task>) {
+        self.replace_assignments(tasks);
+        let me = self.clone();
+        tokio::spawn(async move { me.remove_leftovers().await });
+    }
+
+    /// Stops and removes every task of this node, and returns once they are gone (or after a minute).
+    pub async fn clear(self: &Arc<Self>) {
+        self.replace_assignments(Vec::new());
+        // Each unassigned task's own loop stops and removes it, then forgets it.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while !self.task_ids().is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.remove_leftovers().await;
+    }
+
+    /// Assigns these tasks and unassigns every other known one.
+    fn replace_assignments(self: &Arc<Self>, tasks: Vec<Task>) {
         let assigned: std::collections::HashSet<String> = tasks.iter().map(|t| t.id.clone()).collect();
         for task in tasks {
             self.assign(task);
@@ -113,11 +132,17 @@ impl Supervisor {
         for id in known.iter().filter(|id| !assigned.contains(*id)) {
             self.unassign(id);
         }
-        // Leftovers from before a restart that the managers no longer assign.
+    }
+
+    /// What the drivers run that this supervisor does not know (left from before a restart): stopped and removed.
+    /// Known tasks, assigned or being unassigned, are their own loops' business — also one assigned after the
+    /// full set this runs for.
+    async fn remove_leftovers(&self) {
         for driver in self.drivers.values() {
             let Ok(found) = driver.list().await else { continue };
+            let known: std::collections::HashSet<String> = self.task_ids().into_iter().collect();
             for (id, observed) in found {
-                if !assigned.contains(&id) && observed != Observed::Missing {
+                if !known.contains(&id) && observed != Observed::Missing {
                     tracing::info!(task = %id, driver = driver.name(), "removing a task that is no longer assigned");
                     let _ = driver.stop(&id, "SIGTERM", Duration::from_secs(10)).await;
                     let _ = driver.remove(&id).await;

@@ -419,7 +419,7 @@ impl Daemon {
     pub async fn stop_tasks(&self) {
         let supervisor = self.supervisor();
         if let Some(supervisor) = supervisor {
-            supervisor.assign_all(Vec::new()).await;
+            supervisor.clear().await;
         }
     }
 
@@ -427,7 +427,7 @@ impl Daemon {
     async fn stop_agent(&self) {
         let agent = self.agent.lock().ok().and_then(|mut a| a.take());
         if let Some(agent) = agent {
-            agent.supervisor.assign_all(Vec::new()).await;
+            agent.supervisor.clear().await;
             let _ = agent.stop.send(true);
         }
     }

@@ -117,7 +117,7 @@ async fn one_session(
                 },
                 SessionMessage::End => {
                     if let Some(set) = full.take() {
-                        supervisor.assign_all(set).await;
+                        supervisor.assign_all(set);
                     }
                 }
                 SessionMessage::Removed { task_ids } => task_ids.iter().for_each(|id| supervisor.unassign(id)),

@@ -63,7 +63,19 @@ pub fn wait_running(
         let by_node = running(&all, service);
         let total: usize = by_node.values().sum();
         if total != n || not_on.iter().any(|id| by_node.contains_key(id)) {
-            return Err(format!("{by_node:?}"));
+            // What the other live tasks of the service are doing, for a post-mortem.
+            let others: Vec<String> = all
+                .iter()
+                .filter(|t| t["service"] == service && t["desired_state"] == "running")
+                .filter(|t| t["status"]["state"] != "running")
+                .map(|t| {
+                    format!(
+                        "slot {} on {} {} {}",
+                        t["slot"], t["node_id"], t["status"]["state"], t["status"]["err"]
+                    )
+                })
+                .collect();
+            return Err(format!("running by node {by_node:?}; not running: {others:?}"));
         }
         check_one_per_slot(&all)?;
         Ok(all)
