@@ -407,14 +407,11 @@ pub fn apply_write(
         c.source == ContentSource::External
     });
     // Stack-owned secrets and configs that a rotation replaced go at once; other objects only with --prune.
-    let mut pruned = Vec::new();
-    for (name, (service, revision)) in &live {
+    for (name, (_, revision)) in &live {
         if !desired.services.contains_key(*name) && request.prune {
             guards.push(guard(Service::TABLE, name, *revision));
             ops.push(store::delete::<Service>(name));
-            pruned.push(format!("service {name}"));
         }
-        let _ = service;
     }
     delete_missing::<NetworkSpec>(
         &mut ops,
