@@ -313,8 +313,19 @@ fn reconcile_service(work: &mut Work, service: &Service, indexes: Vec<usize>, ne
             UpdateOrder::StartFirst => work.create(service, &key, new_id),
         }
     }
+    // The restart policy counts failures in the kept history: keep at least enough of it to count them.
+    let policy = &service.spec.task.restart_policy;
+    let keep = if policy.max_attempts > 0 {
+        work.inputs.history_limit.max(
+            usize::try_from(policy.max_attempts)
+                .unwrap_or(usize::MAX)
+                .saturating_add(1),
+        )
+    } else {
+        work.inputs.history_limit
+    };
     for members in keyed.values() {
-        reap(work, members);
+        reap(work, members, keep);
     }
 }
 
@@ -427,15 +438,15 @@ fn key_need(work: &mut Work, service: &Service, members: &[usize], job: bool) ->
     Need::Create
 }
 
-/// Keeps `history_limit` tasks per key (the live ones first, then the newest finished); deletes older finished ones.
-fn reap(work: &mut Work, members: &[usize]) {
+/// Keeps `limit` tasks per key (the live ones first, then the newest finished); deletes older finished ones.
+fn reap(work: &mut Work, members: &[usize], limit: usize) {
     let mut old: Vec<usize> = members
         .iter()
         .copied()
         .filter(|&i| !work.deleted[i] && !work.live(i))
         .collect();
     let live = members.iter().filter(|&&i| work.live(i)).count();
-    let keep = work.inputs.history_limit.saturating_sub(live);
+    let keep = limit.saturating_sub(live);
     if old.len() <= keep {
         return;
     }

@@ -488,6 +488,29 @@ fn history_is_kept_per_slot_up_to_the_limit() {
 }
 
 #[test]
+fn max_attempts_counts_past_the_history_limit() {
+    let mut sim = Sim::new(&["n1"]);
+    sim.history_limit = 2;
+    let mut web = replicated("web", 1);
+    web.task.restart_policy.max_attempts = 4;
+    sim.create(web);
+    sim.settle();
+    for _ in 0..8 {
+        if let Some(id) = sim
+            .tasks
+            .values()
+            .find(|(t, _)| t.desired_state == TaskState::Running)
+            .map(|(t, _)| t.id.clone())
+        {
+            sim.fail(&id);
+        }
+        sim.settle();
+    }
+    assert_eq!(sim.running_count("web"), 0, "it gave up");
+    assert_eq!(sim.next_id, 5, "the first run and four restarts");
+}
+
+#[test]
 fn removing_a_service_deletes_its_tasks() {
     let mut sim = Sim::new(&["n1"]);
     sim.create(replicated("web", 2));
