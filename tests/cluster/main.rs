@@ -17,6 +17,7 @@ mod recovery;
 mod restart;
 mod roles;
 mod security;
+mod service_cli;
 mod services;
 mod settings;
 mod stacks;
