@@ -721,6 +721,9 @@ mod support {
                 args.extend(volumes.iter().map(String::as_str));
                 docker(&args);
             }
+            for network in labelled(&["network", "ls", "-q"], &self.id) {
+                docker(&["network", "rm", &network]);
+            }
         }
     }
 
@@ -831,4 +834,46 @@ mod support {
             *self.accept.lock().await = Some(accept);
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stack_network_is_created_for_its_first_task_and_removed_after_its_last() {
+    let Some(node) = TestNode::new("net") else { return };
+    let d = &node.driver;
+    let network = format!("{}_back", node.stack());
+    let attach = |task: &mut swarm_agent::driver::TaskRun| {
+        task.spec.networks = vec![swarm_specs::spec::NetworkAttachment {
+            target: network.clone(),
+            aliases: Vec::new(),
+        }];
+        task.networks = vec![swarm_specs::spec::NetworkSpec {
+            name: network.clone(),
+            driver: "overlay".into(),
+            driver_opts: BTreeMap::new(),
+            attachable: false,
+            internal: false,
+            enable_ipv6: false,
+            ipam: Vec::new(),
+            labels: BTreeMap::from([(LABEL_STACK.to_string(), node.stack())]),
+            external: false,
+        }];
+    };
+    let exists = || {
+        let out = docker(&["network", "ls", "-q", "--filter", &format!("name=^{network}$")]);
+        !String::from_utf8_lossy(&out.stdout).trim().is_empty()
+    };
+    let mut a = node.task("a", IMAGE_1, "exec sleep 60");
+    let mut b = node.task("b", IMAGE_1, "exec sleep 60");
+    attach(&mut a);
+    attach(&mut b);
+    // Both prepared at once: one network of that name, not two.
+    let (ra, rb) = tokio::join!(d.prepare(&a), d.prepare(&b));
+    ra.expect("prepare a");
+    rb.expect("prepare b");
+    let listed = docker(&["network", "ls", "-q", "--filter", &format!("name=^{network}$")]);
+    assert_eq!(String::from_utf8_lossy(&listed.stdout).lines().count(), 1);
+    d.remove(&a.task_id).await.expect("remove a");
+    assert!(exists(), "b still uses the network");
+    d.remove(&b.task_id).await.expect("remove b");
+    assert!(!exists(), "the last task gone, the network goes");
 }

@@ -107,6 +107,8 @@ struct Inner {
     images: Mutex<std::collections::HashSet<String>>,
     /// Serializes network creation within this driver.
     networks: tokio::sync::Mutex<()>,
+    /// Held (shared) from a task's network check to its container's creation; held alone to prune networks.
+    networks_in_use: tokio::sync::RwLock<()>,
 }
 
 impl std::fmt::Debug for DockerDriver {
@@ -136,6 +138,7 @@ impl DockerDriver {
                 ids: Mutex::new(HashMap::new()),
                 images: Mutex::new(std::collections::HashSet::new()),
                 networks: tokio::sync::Mutex::new(()),
+                networks_in_use: tokio::sync::RwLock::new(()),
             }),
         }
     }
@@ -395,13 +398,18 @@ impl Inner {
         }
         self.ensure_image(&docker, image).await?;
         self.ensure_mount_sources(&docker, task).await?;
-        let networks = self.ensure_networks(&docker, task).await?;
-        let body = container_body(task, image, mounts, &networks);
-        let options = CreateContainerOptions {
-            name: Some(task.name.clone()),
-            ..Default::default()
+        let created = {
+            // No network this container joins is pruned between its check and the container's creation.
+            let _in_use = self.networks_in_use.read().await;
+            let networks = self.ensure_networks(&docker, task).await?;
+            let body = container_body(task, image, mounts, &networks);
+            let options = CreateContainerOptions {
+                name: Some(task.name.clone()),
+                ..Default::default()
+            };
+            docker.create_container(Some(options), body).await
         };
-        match docker.create_container(Some(options), body).await {
+        match created {
             Ok(created) => {
                 self.remember(&task.task_id, &created.id);
                 Ok(())
@@ -651,7 +659,12 @@ impl Inner {
             ..Default::default()
         };
         self.forget(task_id);
+        let mut networks = Vec::new();
         for id in self.find_all(&docker, task_id).await? {
+            if let Ok(container) = docker.inspect_container(&id, None).await {
+                let joined = container.network_settings.and_then(|n| n.networks).unwrap_or_default();
+                networks.extend(joined.into_keys());
+            }
             match docker.remove_container(&id, Some(options.clone())).await {
                 // 409: a removal is already in progress.
                 Err(e) if !matches!(status_of(&e), Some(404 | 409)) => {
@@ -660,7 +673,43 @@ impl Inner {
                 _ => {}
             }
         }
+        self.prune_networks(&docker, networks).await;
         Ok(())
+    }
+
+    /// Removes the networks this node created that no container uses any more (the last task of a stack on this
+    /// node is gone). Waits for containers being created to join theirs first.
+    async fn prune_networks(&self, docker: &Docker, names: Vec<String>) {
+        if names.is_empty() {
+            return;
+        }
+        let _no_creation = self.networks_in_use.write().await;
+        for name in names {
+            let Ok(network) = docker.inspect_network(&name, None).await else {
+                continue;
+            };
+            let ours = network
+                .labels
+                .as_ref()
+                .is_some_and(|l| l.get(LABEL_NODE).is_some_and(|n| *n == self.node_id));
+            // Containers created but not started are not endpoints yet: ask for every container that names it.
+            let options = ListContainersOptions {
+                all: true,
+                filters: Some(HashMap::from([("network".to_string(), vec![name.clone()])])),
+                ..Default::default()
+            };
+            let unused = network.containers.as_ref().is_none_or(|c| c.is_empty())
+                && docker
+                    .list_containers(Some(options))
+                    .await
+                    .is_ok_and(|containers| containers.is_empty());
+            if ours && unused {
+                match docker.remove_network(network.id.as_deref().unwrap_or(&name)).await {
+                    Ok(()) => tracing::debug!(network = %name, "removed a stack network no task uses"),
+                    Err(e) => tracing::debug!(network = %name, "network not removed: {e}"),
+                }
+            }
+        }
     }
 
     async fn list(&self) -> Result<Vec<(String, Observed)>, DriverError> {
