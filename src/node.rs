@@ -213,20 +213,22 @@ pub fn human_duration(d: Duration) -> String {
 /// `swarm node ls` with Docker's columns.
 pub fn format_node_table(list: &NodeList) -> String {
     let mut rows = vec![[
-        "ID".to_string(),
-        "HOSTNAME".to_string(),
-        "STATUS".to_string(),
-        "AVAILABILITY".to_string(),
-        "MANAGER STATUS".to_string(),
-        "ENGINE VERSION".to_string(),
-    ]];
+        "ID",
+        "HOSTNAME",
+        "STATUS",
+        "AVAILABILITY",
+        "MANAGER STATUS",
+        "ENGINE VERSION",
+    ]
+    .map(String::from)
+    .to_vec()];
     for n in &list.nodes {
         let id = if n.id == list.self_id {
             format!("{} *", n.id)
         } else {
             n.id.clone()
         };
-        rows.push([
+        rows.push(vec![
             id,
             n.description.hostname.clone(),
             n.status.title().to_string(),
@@ -235,26 +237,7 @@ pub fn format_node_table(list: &NodeList) -> String {
             n.description.engine_version.clone().unwrap_or_else(|| "-".into()),
         ]);
     }
-    let mut widths = [0usize; 6];
-    for row in &rows {
-        for (i, cell) in row.iter().enumerate() {
-            widths[i] = widths[i].max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for row in &rows {
-        let mut line = String::new();
-        for (i, cell) in row.iter().enumerate() {
-            if i + 1 == row.len() {
-                line.push_str(cell);
-            } else {
-                line.push_str(&format!("{cell:<w$}   ", w = widths[i]));
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
+    crate::service::table(&rows)
 }
 
 pub async fn node_ls(client: &Client, quiet: bool) -> anyhow::Result<ExitCode> {
