@@ -517,13 +517,14 @@ async fn put_tasks(
     Ok(Json(Empty {}))
 }
 
+/// `?follow=&tail=&timestamps=` of the log routes (a task's, a service's).
 #[derive(Deserialize)]
-struct LogQuery {
+pub(crate) struct LogQuery {
     #[serde(default)]
-    follow: bool,
-    tail: Option<usize>,
+    pub follow: bool,
+    pub tail: Option<usize>,
     #[serde(default)]
-    timestamps: bool,
+    pub timestamps: bool,
 }
 
 async fn task_logs(

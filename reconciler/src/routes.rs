@@ -23,6 +23,7 @@ use swarm_specs::task::Task;
 use crate::api::operator;
 use crate::api::ApiResult;
 use crate::api::Local;
+use crate::api::LogQuery;
 use crate::api::Peer;
 use crate::cluster::now_millis;
 use crate::cluster::Node;
@@ -247,15 +248,6 @@ async fn remove_service(
     };
     m.write(request).await?;
     Ok(Json(Empty {}))
-}
-
-#[derive(Deserialize)]
-struct LogQuery {
-    #[serde(default)]
-    follow: bool,
-    tail: Option<usize>,
-    #[serde(default)]
-    timestamps: bool,
 }
 
 /// Every task's output of the service, each line tagged with its task (`web.1`) and node, merged as they come.

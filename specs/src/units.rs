@@ -163,6 +163,20 @@ fn format_scaled(v: u128, prec: u32) -> String {
     format!("{int}.{}", digits.trim_end_matches('0'))
 }
 
+/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar (H. Hinnant's algorithm).
+pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month as u32, day as u32)
+}
+
 /// Formats a duration the way Go's `time.Duration.String` does: `0s`, `500ms`, `1.5µs`, `10s`, `1m30s`, `1h0m0s`.
 pub fn format_duration(d: Duration) -> String {
     let total = d.as_nanos();

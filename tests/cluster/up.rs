@@ -29,15 +29,28 @@ fn stack_processes(stack: &str) -> usize {
         .unwrap_or(0)
 }
 
-/// Interrupts `swarm up` if the test ends early, so that it removes its stack.
-struct Interrupt(u32);
+/// `swarm up`, interrupted if the test ends early so that it removes its stack (killed if it will not go).
+struct Up(std::process::Child);
 
-impl Drop for Interrupt {
+impl Up {
+    fn interrupt(&self) -> bool {
+        Command::new("kill")
+            .args(["-INT", &self.0.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+}
+
+impl Drop for Up {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            let _ = Command::new("kill").args(["-INT", &self.0.to_string()]).status();
-            std::thread::sleep(Duration::from_secs(5));
-            let _ = Command::new("kill").args(["-KILL", &self.0.to_string()]).status();
+        if matches!(self.0.try_wait(), Ok(None)) {
+            self.interrupt();
+            let deadline = std::time::Instant::now() + Duration::from_secs(30);
+            while matches!(self.0.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = self.0.kill();
+            let _ = self.0.wait();
         }
     }
 }
@@ -47,7 +60,7 @@ fn swarm_up_runs_the_example_stack_until_interrupted() {
     let _serial = Cluster::new(); // one cluster at a time on this machine
     let dir = tempfile::tempdir().expect("temp dir");
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/hello-process/docker-stack.yml");
-    let mut up = Command::new(SWARM)
+    let mut up = Up(Command::new(SWARM)
         .args(["up", "-f", example, "--no-docker", "--data-dir"])
         .arg(dir.path())
         .env_remove("SWARM_HOST")
@@ -55,9 +68,8 @@ fn swarm_up_runs_the_example_stack_until_interrupted() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("start swarm up");
-    let _interrupt = Interrupt(up.id());
-    let stdout = up.stdout.take().expect("stdout");
+        .expect("start swarm up"));
+    let stdout = up.0.stdout.take().expect("stdout");
     let (tx, lines) = std::sync::mpsc::channel::<String>();
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -105,13 +117,9 @@ fn swarm_up_runs_the_example_stack_until_interrupted() {
     );
 
     // Ctrl-C: the stack is removed, its processes end, and `up` exits 0.
-    let interrupted = Command::new("kill")
-        .args(["-INT", &up.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(interrupted.success());
+    assert!(up.interrupt());
     let status = wait_until("swarm up exits", Duration::from_secs(30), || {
-        up.try_wait()
+        up.0.try_wait()
             .map_err(|e| e.to_string())?
             .ok_or_else(|| "still running".to_string())
     });
