@@ -360,6 +360,7 @@ fn tasks_for(node_id: &str, count: usize) -> Vec<Task> {
                 created_at: now,
                 ports: Vec::new(),
                 networks: Vec::new(),
+                started_at: None,
             }
         })
         .collect()

@@ -88,6 +88,7 @@ fn main() {
                 created_at: 0,
                 ports: Vec::new(),
                 networks: Vec::new(),
+                started_at: None,
             });
         }
     }

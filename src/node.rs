@@ -393,6 +393,7 @@ pub async fn debug_run(
         created_at: now,
         ports: Vec::new(),
         networks: Vec::new(),
+        started_at: None,
     };
     let _: Empty = client.post("/v1/tasks", &vec![task.clone()]).await?;
     println!("{}", task.id);

@@ -567,6 +567,7 @@ mod tests {
             created_at: created,
             ports: Vec::new(),
             networks: Vec::new(),
+            started_at: None,
         }
     }
 

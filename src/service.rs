@@ -1712,6 +1712,7 @@ mod tests {
             created_at: created,
             ports: Vec::new(),
             networks: Vec::new(),
+            started_at: None,
         }
     }
 

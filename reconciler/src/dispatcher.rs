@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde::Serialize;
 use swarm_specs::task::Task;
+use swarm_specs::task::TaskState;
 use swarm_specs::task::TaskStatus;
 use tokio::sync::mpsc;
 
@@ -78,8 +79,13 @@ pub fn apply_reports(
         if task.node_id.as_deref() != Some(node_id) {
             continue;
         }
-        if task.status.advance(status) && !changed.contains(&id) {
-            changed.push(id);
+        if task.status.advance(status) {
+            if task.status.state == TaskState::Running && task.started_at.is_none() {
+                task.started_at = Some(task.status.timestamp);
+            }
+            if !changed.contains(&id) {
+                changed.push(id);
+            }
         }
     }
     changed
@@ -353,7 +359,6 @@ async fn write_reports(manager: &Manager, pending: &[(String, Vec<(String, TaskS
 #[cfg(test)]
 mod tests {
     use super::*;
-    use swarm_specs::task::TaskState;
 
     fn task(id: &str, node: &str, state: TaskState) -> Task {
         let spec = swarm_specs::spec::TaskSpec::with_command(
@@ -373,6 +378,7 @@ mod tests {
             created_at: 0,
             ports: Vec::new(),
             networks: Vec::new(),
+            started_at: None,
         }
     }
 

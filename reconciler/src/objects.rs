@@ -28,6 +28,57 @@ pub struct Service {
     pub task_version: u64,
     pub created_at: UnixMillis,
     pub updated_at: UnixMillis,
+    /// Where the last rolling update (or rollback) of the tasks stands; `None` before the first one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_status: Option<UpdateStatus>,
+}
+
+/// The state of a rolling update, as Swarm names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpdateState {
+    Updating,
+    Paused,
+    Completed,
+    RollbackStarted,
+    RollbackPaused,
+    RollbackCompleted,
+}
+
+impl UpdateState {
+    /// A rollback, started by hand or by a failed update.
+    pub fn is_rollback(self) -> bool {
+        matches!(
+            self,
+            UpdateState::RollbackStarted | UpdateState::RollbackPaused | UpdateState::RollbackCompleted
+        )
+    }
+
+    /// Still moving tasks (not paused, not finished).
+    pub fn in_progress(self) -> bool {
+        matches!(self, UpdateState::Updating | UpdateState::RollbackStarted)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpdateState::Updating => "updating",
+            UpdateState::Paused => "paused",
+            UpdateState::Completed => "completed",
+            UpdateState::RollbackStarted => "rollback_started",
+            UpdateState::RollbackPaused => "rollback_paused",
+            UpdateState::RollbackCompleted => "rollback_completed",
+        }
+    }
+}
+
+/// A service's `UpdateStatus`: its state, when it started and ended, and why it is where it is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateStatus {
+    pub state: UpdateState,
+    pub started_at: UnixMillis,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<UnixMillis>,
+    pub message: String,
 }
 
 impl Service {
@@ -40,17 +91,44 @@ impl Service {
             task_version: 1,
             created_at: now,
             updated_at: now,
+            update_status: None,
         }
     }
 
     /// The service with `spec` in place of its own: the previous spec is kept, and the task version moves when the
-    /// task template changed or `force` is set. Returns `None` when nothing would change.
+    /// task template changed or `force` is set — which starts a rolling update. The same spec again resumes a
+    /// paused update (or rollback). Returns `None` when nothing would change.
     pub fn updated(&self, spec: ServiceSpec, force: bool, now: UnixMillis) -> Option<Service> {
+        let paused = self.update_status.as_ref().map(|u| u.state);
         if spec == self.spec && !force {
-            return None;
+            let resumed = match paused {
+                Some(UpdateState::Paused) => UpdateState::Updating,
+                Some(UpdateState::RollbackPaused) => UpdateState::RollbackStarted,
+                _ => return None,
+            };
+            let mut service = self.clone();
+            service.version += 1;
+            service.updated_at = now;
+            if let Some(status) = &mut service.update_status {
+                // Failures before the resume no longer count.
+                status.started_at = now;
+                status.state = resumed;
+                status.message = format!("{} resumed", if resumed.is_rollback() { "rollback" } else { "update" });
+            }
+            return Some(service);
         }
         // Published ports are bound by each task's container (no routing mesh yet): changing them needs new tasks.
         let replaces_tasks = spec.task != self.spec.task || spec.ports != self.spec.ports || force;
+        let update_status = if replaces_tasks {
+            Some(UpdateStatus {
+                state: UpdateState::Updating,
+                started_at: now,
+                completed_at: None,
+                message: "update in progress".to_string(),
+            })
+        } else {
+            self.update_status.clone()
+        };
         Some(Service {
             id: self.id.clone(),
             previous_spec: Some(self.spec.clone()),
@@ -59,7 +137,42 @@ impl Service {
             task_version: self.task_version + u64::from(replaces_tasks),
             created_at: self.created_at,
             updated_at: now,
+            update_status,
         })
+    }
+
+    /// The service rolled back to its previous spec (which becomes the previous spec in turn), its tasks replaced
+    /// following `rollback_config`. `None` when there is no previous spec.
+    pub fn rolled_back(&self, message: &str, now: UnixMillis) -> Option<Service> {
+        let previous = self.previous_spec.clone()?;
+        let replaces_tasks = previous.task != self.spec.task || previous.ports != self.spec.ports;
+        Some(Service {
+            id: self.id.clone(),
+            previous_spec: Some(self.spec.clone()),
+            spec: previous,
+            version: self.version + 1,
+            task_version: self.task_version + u64::from(replaces_tasks),
+            created_at: self.created_at,
+            updated_at: now,
+            update_status: Some(UpdateStatus {
+                state: if replaces_tasks {
+                    UpdateState::RollbackStarted
+                } else {
+                    UpdateState::RollbackCompleted
+                },
+                started_at: now,
+                completed_at: (!replaces_tasks).then_some(now),
+                message: message.to_string(),
+            }),
+        })
+    }
+
+    /// The update config that drives the current rollout: `rollback_config` during a rollback.
+    pub fn rollout_config(&self) -> &swarm_specs::spec::UpdateConfig {
+        match &self.update_status {
+            Some(u) if u.state.is_rollback() => &self.spec.rollback_config,
+            _ => &self.spec.update_config,
+        }
     }
 
     /// The stack the service belongs to (the `com.docker.stack.namespace` label), if any.

@@ -256,6 +256,7 @@ fn place_replicas(
             created_at: 0,
             ports: Vec::new(),
             networks: Vec::new(),
+            started_at: None,
         })
         .collect();
     let ports = |name: &str| desired.services.get(name).map(|s| s.ports.clone()).unwrap_or_default();

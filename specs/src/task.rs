@@ -144,6 +144,10 @@ pub struct Task {
     /// The networks the task attaches to, as the stack defines them, so its node can create them (subnet, options).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub networks: Vec<crate::spec::NetworkSpec>,
+    /// When the task was first seen running (set by the dispatcher): a rolling update counts a failure within its
+    /// `monitor` period after this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<u64>,
 }
 
 impl Task {

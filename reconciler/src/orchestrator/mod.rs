@@ -22,9 +22,11 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::collections::HashMap;
 
+use swarm_specs::spec::FailureAction;
 use swarm_specs::spec::NetworkSpec;
 use swarm_specs::spec::RestartCondition;
 use swarm_specs::spec::ServiceMode;
+use swarm_specs::spec::UpdateConfig;
 use swarm_specs::spec::UpdateOrder;
 use swarm_specs::task::Task;
 use swarm_specs::task::TaskState;
@@ -34,6 +36,8 @@ use crate::cluster::Availability;
 use crate::cluster::Node;
 use crate::cluster::NodeStatus;
 use crate::objects::Service;
+use crate::objects::UpdateState;
+use crate::objects::UpdateStatus;
 use crate::scheduler;
 use crate::scheduler::Decision;
 
@@ -61,13 +65,16 @@ pub struct Actions {
     pub update: Vec<(Task, u64)>,
     /// Task ids to delete with the revision they were read at.
     pub delete: Vec<(String, u64)>,
-    /// The earliest time a restart delay runs out: run again then.
+    /// Services whose rollout moved on (update status, or rolled back to their previous spec), to write guarded on
+    /// the revision they were read at.
+    pub services: Vec<Service>,
+    /// The earliest time a restart delay, an update delay or a monitor period runs out: run again then.
     pub wake_at: Option<u64>,
 }
 
 impl Actions {
     pub fn is_empty(&self) -> bool {
-        self.create.is_empty() && self.update.is_empty() && self.delete.is_empty()
+        self.create.is_empty() && self.update.is_empty() && self.delete.is_empty() && self.services.is_empty()
     }
 }
 
@@ -89,6 +96,7 @@ struct Work<'a> {
     deleted: Vec<bool>,
     nodes: HashMap<&'a str, &'a Node>,
     wake_at: Option<u64>,
+    services: Vec<Service>,
 }
 
 impl Work<'_> {
@@ -172,6 +180,7 @@ impl Work<'_> {
                 .filter_map(|a| self.inputs.networks.iter().find(|n| n.name == a.target))
                 .cloned()
                 .collect(),
+            started_at: None,
         }));
         self.revisions.push(0);
         self.deleted.push(false);
@@ -196,6 +205,7 @@ pub fn reconcile(inputs: &Inputs, new_id: &mut dyn FnMut() -> String) -> Actions
         deleted: vec![false; inputs.tasks.len()],
         nodes: inputs.nodes.iter().map(|n| (n.id.as_str(), n)).collect(),
         wake_at: None,
+        services: Vec::new(),
     };
     let services: HashMap<&str, &Service> = inputs.services.iter().map(|s| (s.spec.name.as_str(), s)).collect();
     let mut by_service: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
@@ -262,10 +272,34 @@ fn reconcile_service(work: &mut Work, service: &Service, indexes: Vec<usize>, ne
             }
         }
     }
+    let rollout = Rollout::of(service);
+    if rollout.state.is_some_and(UpdateState::is_rollback) {
+        adopt_rolled_back(work, service, &keyed);
+    }
+    // Too many updated tasks failed: the failure action decides before anything else moves.
+    let mut paused = matches!(rollout.state, Some(UpdateState::Paused | UpdateState::RollbackPaused));
+    if rollout.in_progress() {
+        if let Some(verdict) = rollout.failure(work, service, &indexes, wanted.len(), job) {
+            match verdict {
+                Verdict::RolledBack(rolled_back) => {
+                    // The next pass (woken by the service's change) replaces the tasks.
+                    work.services.push(rolled_back);
+                    return;
+                }
+                Verdict::Paused(service) => {
+                    work.services.push(service);
+                    paused = true;
+                }
+            }
+        }
+    }
     let mut updates = Vec::new();
     let mut in_progress = 0u64;
     let mut live_jobs = 0u64;
     let mut job_candidates = Vec::new();
+    // Every wanted key holds a running task of the current version (the rollout may complete).
+    let mut all_current = true;
+    let mut last_started = None::<u64>;
     for key in &wanted {
         let members = keyed.get(key).cloned().unwrap_or_default();
         if job && completed(work, service, &members) {
@@ -274,18 +308,42 @@ fn reconcile_service(work: &mut Work, service: &Service, indexes: Vec<usize>, ne
         let need = key_need(work, service, &members, job);
         let live_here = members.iter().any(|&i| work.live(i));
         live_jobs += u64::from(job && live_here);
-        if members.iter().any(|&i| {
-            work.live(i)
-                && work.tasks[i].spec_version == service.task_version
-                && work.tasks[i].status.state < TaskState::Running
-        }) || (!live_here && members.iter().any(|&i| work.stopping(i)))
-        {
-            in_progress += 1;
+        let current = members
+            .iter()
+            .copied()
+            .find(|&i| work.live(i) && work.tasks[i].spec_version == service.task_version);
+        match current.map(|i| &work.tasks[i]) {
+            Some(t) if t.status.state == TaskState::Running => {
+                // Rolled out by this update: the next key waits `delay` after it started.
+                if rollout.in_progress() && t.created_at >= rollout.since {
+                    let started = t.started_at.unwrap_or(t.status.timestamp);
+                    last_started = last_started.max(Some(started));
+                    let free_at = started.saturating_add(rollout.config.delay_ms);
+                    if work.inputs.now < free_at {
+                        in_progress += 1;
+                        work.wake(free_at);
+                    }
+                }
+            }
+            Some(_) => {
+                in_progress += 1;
+                all_current = false;
+            }
+            None => {
+                all_current = false;
+                if !live_here && members.iter().any(|&i| work.stopping(i)) {
+                    in_progress += 1;
+                }
+            }
         }
         match need {
             Need::Nothing => {}
             Need::Create if job => job_candidates.push(key.clone()),
-            Need::Create => work.create(service, key, new_id),
+            Need::Create => {
+                // The new task is in flight from now on.
+                work.create(service, key, new_id);
+                in_progress += 1;
+            }
             Need::Update => updates.push((key.clone(), members)),
         }
     }
@@ -296,21 +354,33 @@ fn reconcile_service(work: &mut Work, service: &Service, indexes: Vec<usize>, ne
     for key in job_candidates {
         work.create(service, &key, new_id);
     }
-    // Rolling update: at most `parallelism` keys in flight (0 = all).
-    let parallelism = service.spec.update_config.parallelism;
-    let budget = if parallelism == 0 {
+    // Rolling update: at most `parallelism` keys in flight (0 = all), none while paused.
+    let parallelism = rollout.config.parallelism;
+    let budget = if paused {
+        0
+    } else if parallelism == 0 {
         usize::MAX
     } else {
         usize::try_from(parallelism.saturating_sub(in_progress)).unwrap_or(usize::MAX)
     };
+    let remaining = updates.len();
     for (key, members) in updates.into_iter().take(budget) {
-        match service.spec.update_config.order {
+        match rollout.config.order {
             UpdateOrder::StopFirst => {
                 for i in members {
                     work.shut_down(i);
                 }
             }
             UpdateOrder::StartFirst => work.create(service, &key, new_id),
+        }
+    }
+    // Every key rolled out and running: the update completes once the last task has been watched for `monitor`.
+    if rollout.in_progress() && remaining == 0 && (all_current || job) {
+        let done_at = last_started.map_or(0, |t| t.saturating_add(rollout.config.monitor_ms));
+        if work.inputs.now >= done_at || job {
+            work.services.push(rollout.completed(service, work.inputs.now));
+        } else {
+            work.wake(done_at);
         }
     }
     // The restart policy counts failures in the kept history: keep at least enough of it to count them.
@@ -326,6 +396,123 @@ fn reconcile_service(work: &mut Work, service: &Service, indexes: Vec<usize>, ne
     };
     for members in keyed.values() {
         reap(work, members, keep);
+    }
+}
+
+/// A service's rollout as the orchestrator drives it: its state, since when, and the config that paces it.
+struct Rollout<'a> {
+    state: Option<UpdateState>,
+    since: u64,
+    config: &'a UpdateConfig,
+}
+
+/// What too many failures lead to.
+enum Verdict {
+    Paused(Service),
+    RolledBack(Service),
+}
+
+impl<'a> Rollout<'a> {
+    fn of(service: &'a Service) -> Rollout<'a> {
+        Rollout {
+            state: service.update_status.as_ref().map(|u| u.state),
+            since: service.update_status.as_ref().map_or(0, |u| u.started_at),
+            config: service.rollout_config(),
+        }
+    }
+
+    fn in_progress(&self) -> bool {
+        self.state.is_some_and(UpdateState::in_progress)
+    }
+
+    /// Tasks of this rollout that failed (or, outside jobs, exited) before running or within `monitor` after they
+    /// started; past `max_failure_ratio` of the keys, the failure action: pause, or roll back (continue: nothing).
+    fn failure(&self, work: &Work, service: &Service, indexes: &[usize], keys: usize, job: bool) -> Option<Verdict> {
+        let mut failures = 0u64;
+        let mut culprit: Option<&Task> = None;
+        for &i in indexes {
+            let t = &work.tasks[i];
+            let failed = match t.status.state {
+                TaskState::Failed | TaskState::Rejected => true,
+                TaskState::Complete => !job,
+                _ => false,
+            };
+            let early = t
+                .started_at
+                .is_none_or(|started| t.status.timestamp < started.saturating_add(self.config.monitor_ms));
+            if failed && early && t.spec_version == service.task_version && t.created_at >= self.since {
+                failures += 1;
+                if culprit.is_none_or(|c| (t.status.timestamp, &t.id) < (c.status.timestamp, &c.id)) {
+                    culprit = Some(t);
+                }
+            }
+        }
+        let keys = u64::try_from(keys.max(1)).unwrap_or(u64::MAX);
+        let tolerated = failures.saturating_mul(1_000_000) <= u64::from(self.config.max_failure_ratio_ppm) * keys;
+        let culprit = culprit?;
+        if tolerated || self.config.failure_action == FailureAction::Continue {
+            return None;
+        }
+        let rollback = self.state == Some(UpdateState::RollbackStarted);
+        let now = work.inputs.now;
+        if self.config.failure_action == FailureAction::Rollback && !rollback {
+            let message = format!(
+                "update rolled back due to failure or early termination of task {}",
+                culprit.id
+            );
+            if let Some(rolled_back) = service.rolled_back(&message, now) {
+                return Some(Verdict::RolledBack(rolled_back));
+            }
+        }
+        let mut paused = service.clone();
+        paused.update_status = Some(UpdateStatus {
+            state: if rollback {
+                UpdateState::RollbackPaused
+            } else {
+                UpdateState::Paused
+            },
+            started_at: self.since,
+            completed_at: None,
+            message: format!(
+                "{} paused due to failure or early termination of task {}",
+                if rollback { "rollback" } else { "update" },
+                culprit.id
+            ),
+        });
+        Some(Verdict::Paused(paused))
+    }
+
+    fn completed(&self, service: &Service, now: u64) -> Service {
+        let rollback = self.state == Some(UpdateState::RollbackStarted);
+        let mut done = service.clone();
+        done.update_status = Some(UpdateStatus {
+            state: if rollback {
+                UpdateState::RollbackCompleted
+            } else {
+                UpdateState::Completed
+            },
+            started_at: self.since,
+            completed_at: Some(now),
+            message: format!("{} completed", if rollback { "rollback" } else { "update" }),
+        });
+        done
+    }
+}
+
+/// During a rollback, a live task that already runs the spec rolled back to (its key was not updated yet, or was
+/// updated back already) is current: it keeps running, relabelled, instead of being replaced by an identical one.
+fn adopt_rolled_back(work: &mut Work, service: &Service, keyed: &BTreeMap<Key, Vec<usize>>) {
+    for members in keyed.values() {
+        for &i in members {
+            let t = &work.tasks[i];
+            if work.live(i)
+                && t.spec_version != service.task_version
+                && t.spec == service.spec.task
+                && t.ports == service.spec.ports
+            {
+                work.tasks[i].to_mut().spec_version = service.task_version;
+            }
+        }
     }
 }
 
@@ -555,6 +742,7 @@ fn place_pinned(work: &mut Work) {
 fn finish(work: Work) -> Actions {
     let mut actions = Actions {
         wake_at: work.wake_at,
+        services: work.services,
         ..Actions::default()
     };
     for (i, task) in work.tasks.into_iter().enumerate() {

@@ -1,6 +1,7 @@
 //! The orchestrator's loop on the leader: read the store, decide ([`super::reconcile`]), write, and wait for the
 //! next change, the next restart delay or the periodic resync.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -77,10 +78,9 @@ fn relevant(table: &str) -> bool {
 
 /// One pass: decide and write. Returns when to run again for a restart delay.
 pub async fn pass(manager: &Manager) -> Result<Option<u64>, ManagerError> {
-    let services: Vec<Service> = store::list::<Service>(&manager.sm)
-        .into_iter()
-        .map(|(s, _)| s)
-        .collect();
+    let listed = store::list::<Service>(&manager.sm);
+    let revisions: HashMap<String, u64> = listed.iter().map(|(s, r)| (s.spec.name.clone(), *r)).collect();
+    let services: Vec<Service> = listed.into_iter().map(|(s, _)| s).collect();
     let tasks = store::list::<Task>(&manager.sm);
     let nodes: Vec<Node> = manager.nodes();
     let history_limit = manager
@@ -102,7 +102,21 @@ pub async fn pass(manager: &Manager) -> Result<Option<u64>, ManagerError> {
     };
     let actions = super::reconcile(&inputs, &mut crate::ca::new_id);
     let wake_at = actions.wake_at;
-    for request in requests(actions) {
+    // Rollout progress is written after the tasks it was decided with, guarded against a concurrent change of the
+    // service (an operator's update wins; the next pass decides again).
+    let rollouts: Vec<Request> = actions
+        .services
+        .iter()
+        .map(|s| Request {
+            guards: vec![Guard::Revision {
+                table: Service::TABLE.to_string(),
+                key: s.spec.name.clone(),
+                revision: revisions.get(&s.spec.name).copied().unwrap_or(0),
+            }],
+            ops: vec![store::put(s)],
+        })
+        .collect();
+    for request in requests(actions).into_iter().chain(rollouts) {
         if let store::Response::GuardFailed { .. } = manager.write_as_leader(request).await? {
             // Someone (an agent's status report) wrote a task meanwhile: the next pass decides again.
             return Ok(Some(now_millis()));

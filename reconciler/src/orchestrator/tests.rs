@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 use swarm_specs::spec::Driver;
 use swarm_specs::spec::EndpointMode;
+use swarm_specs::spec::FailureAction;
 use swarm_specs::spec::RestartCondition;
 use swarm_specs::spec::ServiceSpec;
 use swarm_specs::spec::TaskSpec;
@@ -136,6 +137,10 @@ impl Sim {
         for (id, rev) in &actions.delete {
             assert_eq!(self.tasks.remove(id).unwrap().1, *rev);
         }
+        for changed in &actions.services {
+            let s = self.services.iter_mut().find(|s| s.id == changed.id).unwrap();
+            *s = changed.clone();
+        }
         actions
     }
 
@@ -161,6 +166,9 @@ impl Sim {
                 continue;
             };
             t.status = TaskStatus::new(next, self.now, "agent");
+            if next == TaskState::Running {
+                t.started_at = Some(self.now);
+            }
             *rev = self.revision;
         }
     }
@@ -590,6 +598,279 @@ fn duplicate_live_tasks_in_a_slot_are_cut_back_to_one() {
     sim.check_one_per_slot();
 }
 
+impl Sim {
+    fn service(&self, name: &str) -> &Service {
+        self.services.iter().find(|s| s.spec.name == name).unwrap()
+    }
+
+    fn update_state(&self, name: &str) -> Option<UpdateState> {
+        self.service(name).update_status.as_ref().map(|u| u.state)
+    }
+
+    /// Live tasks of the service's current version, and how many of them run.
+    fn current(&self, name: &str) -> (usize, usize) {
+        let version = self.service(name).task_version;
+        let live: Vec<&Task> = self
+            .tasks
+            .values()
+            .map(|(t, _)| t)
+            .filter(|t| t.service == name && t.spec_version == version && t.desired_state == TaskState::Running)
+            .collect();
+        let running = live.iter().filter(|t| t.status.state == TaskState::Running).count();
+        (live.len(), running)
+    }
+
+    /// Passes and agents until the service's rollout leaves `state` (time moves by `tick` when nothing else does).
+    fn run_while(&mut self, name: &str, state: UpdateState, tick: u64) {
+        for _ in 0..500 {
+            if self.update_state(name) != Some(state) {
+                return;
+            }
+            let actions = self.step();
+            let before = self.tasks.clone();
+            self.agents();
+            if actions.is_empty() && before == self.tasks {
+                self.now += tick;
+            }
+        }
+        panic!("{name} stayed {state:?}");
+    }
+
+    fn new_tasks_failing(&mut self, version: u64) {
+        let ids: Vec<String> = self
+            .tasks
+            .values()
+            .filter(|(t, _)| t.spec_version == version && t.status.state == TaskState::Running)
+            .map(|(t, _)| t.id.clone())
+            .collect();
+        for id in ids {
+            self.fail(&id);
+        }
+    }
+}
+
+fn image(tag: &str) -> impl FnOnce(&mut ServiceSpec) + '_ {
+    move |s| s.task.image = Some(tag.to_string())
+}
+
+#[test]
+fn an_update_keeps_parallelism_keys_in_flight_and_completes_after_the_monitor() {
+    let mut sim = Sim::new(&["n1", "n2"]);
+    let mut web = replicated("web", 6);
+    web.update_config.parallelism = 2;
+    web.update_config.monitor_ms = 1_000;
+    sim.create(web);
+    sim.settle();
+    assert_eq!(sim.update_state("web"), None, "creating is not an update");
+    sim.update("web", image("two"));
+    assert_eq!(sim.update_state("web"), Some(UpdateState::Updating));
+    let mut most = 0;
+    for _ in 0..100 {
+        sim.step();
+        // In flight: keys whose old task was told to stop, or whose new task does not run yet.
+        let version = sim.service("web").task_version;
+        let stopping = sim
+            .tasks
+            .values()
+            .filter(|(t, _)| t.spec_version < version && t.desired_state > TaskState::Running)
+            .filter(|(t, _)| t.status.state <= TaskState::Running)
+            .count();
+        let (live, running) = sim.current("web");
+        most = most.max(stopping + live - running);
+        sim.agents();
+        if running == 6 {
+            break;
+        }
+    }
+    assert_eq!(most, 2, "two keys at a time");
+    assert_eq!(
+        sim.update_state("web"),
+        Some(UpdateState::Updating),
+        "watched for 1s first"
+    );
+    sim.now += 1_000;
+    sim.step();
+    let status = sim.service("web").update_status.clone().unwrap();
+    assert_eq!(status.state, UpdateState::Completed);
+    assert_eq!(status.message, "update completed");
+    assert_eq!(status.completed_at, Some(sim.now));
+}
+
+#[test]
+fn the_delay_spaces_successive_keys_and_names_when_to_wake() {
+    let mut sim = Sim::new(&["n1"]);
+    let mut web = replicated("web", 2);
+    web.update_config.delay_ms = 10_000;
+    sim.create(web);
+    sim.settle();
+    sim.update("web", image("two"));
+    sim.settle();
+    assert_eq!(sim.current("web"), (1, 1), "one key updated, the other waits the delay");
+    let started = sim
+        .tasks
+        .values()
+        .find_map(|(t, _)| (t.spec_version == 2).then_some(t.started_at))
+        .flatten();
+    let actions = sim.step();
+    assert!(actions.is_empty());
+    assert_eq!(actions.wake_at, Some(started.unwrap() + 10_000));
+    sim.now = actions.wake_at.unwrap();
+    sim.settle();
+    assert_eq!(sim.current("web"), (2, 2));
+}
+
+#[test]
+fn a_failed_update_pauses_and_resumes_with_the_same_spec() {
+    let mut sim = Sim::new(&["n1", "n2"]);
+    let mut web = replicated("web", 4);
+    web.update_config.monitor_ms = 5_000;
+    sim.create(web);
+    sim.settle();
+    sim.update("web", image("broken"));
+    sim.step();
+    sim.agents();
+    sim.step();
+    sim.agents();
+    sim.new_tasks_failing(2);
+    sim.step();
+    let status = sim.service("web").update_status.clone().unwrap();
+    assert_eq!(status.state, UpdateState::Paused);
+    assert!(
+        status
+            .message
+            .starts_with("update paused due to failure or early termination of task t"),
+        "{}",
+        status.message
+    );
+    sim.settle();
+    let old = sim
+        .tasks
+        .values()
+        .filter(|(t, _)| t.spec_version == 1 && t.status.state == TaskState::Running);
+    assert_eq!(old.count(), 3, "no other key is updated while paused");
+    assert_eq!(
+        sim.running_count("web"),
+        4,
+        "the failed key is restarted, with the new spec"
+    );
+    // `service update` with the same spec resumes; failures before the resume no longer count.
+    sim.update("web", |_| {});
+    assert_eq!(sim.update_state("web"), Some(UpdateState::Updating));
+    sim.run_while("web", UpdateState::Updating, 1_000);
+    assert_eq!(sim.update_state("web"), Some(UpdateState::Completed));
+    assert_eq!(sim.current("web"), (4, 4));
+}
+
+#[test]
+fn a_failure_after_the_monitor_period_does_not_count() {
+    let mut sim = Sim::new(&["n1"]);
+    let mut web = replicated("web", 2);
+    web.update_config.monitor_ms = 1_000;
+    sim.create(web);
+    sim.settle();
+    sim.update("web", image("two"));
+    sim.settle();
+    assert_eq!(sim.current("web"), (2, 2));
+    sim.now += 1_000;
+    sim.new_tasks_failing(2);
+    sim.run_while("web", UpdateState::Updating, 1_000);
+    assert_eq!(sim.update_state("web"), Some(UpdateState::Completed));
+}
+
+#[test]
+fn failure_action_rollback_restores_the_previous_spec_keeping_untouched_tasks() {
+    let mut sim = Sim::new(&["n1", "n2"]);
+    let mut web = replicated("web", 4);
+    web.update_config.failure_action = FailureAction::Rollback;
+    web.rollback_config.parallelism = 0;
+    sim.create(web);
+    sim.settle();
+    let untouched: Vec<String> = sim
+        .tasks
+        .values()
+        .filter(|(t, _)| t.slot != Some(1))
+        .map(|(t, _)| t.id.clone())
+        .collect();
+    sim.update("web", image("broken"));
+    sim.step();
+    sim.agents();
+    sim.step();
+    sim.agents();
+    sim.new_tasks_failing(2);
+    sim.step();
+    let service = sim.service("web").clone();
+    let status = service.update_status.clone().unwrap();
+    assert_eq!(status.state, UpdateState::RollbackStarted);
+    assert!(status
+        .message
+        .starts_with("update rolled back due to failure or early termination of task"));
+    assert_eq!(service.spec.task.image, None, "back to the previous spec");
+    assert_eq!(service.previous_spec.unwrap().task.image.as_deref(), Some("broken"));
+    sim.run_while("web", UpdateState::RollbackStarted, 1_000);
+    assert_eq!(sim.update_state("web"), Some(UpdateState::RollbackCompleted));
+    assert_eq!(sim.current("web"), (4, 4));
+    for id in untouched {
+        let (t, _) = &sim.tasks[&id];
+        assert_eq!(t.status.state, TaskState::Running, "{id} never had to move");
+    }
+}
+
+#[test]
+fn the_failure_ratio_tolerates_failures_up_to_its_share_of_keys() {
+    let mut sim = Sim::new(&["n1", "n2"]);
+    let mut web = replicated("web", 4);
+    web.update_config.parallelism = 0;
+    web.update_config.max_failure_ratio_ppm = 500_000;
+    sim.create(web);
+    sim.settle();
+    sim.update("web", image("two"));
+    sim.step();
+    sim.agents();
+    sim.step();
+    sim.agents();
+    let failing: Vec<String> = sim
+        .tasks
+        .values()
+        .filter(|(t, _)| t.spec_version == 2 && t.status.state == TaskState::Running)
+        .map(|(t, _)| t.id.clone())
+        .collect();
+    assert_eq!(failing.len(), 4, "parallelism 0: all at once");
+    sim.fail(&failing[0]);
+    sim.fail(&failing[1]);
+    sim.step();
+    assert_eq!(
+        sim.update_state("web"),
+        Some(UpdateState::Updating),
+        "2 of 4 is within 0.5"
+    );
+    sim.fail(&failing[2]);
+    sim.step();
+    assert_eq!(sim.update_state("web"), Some(UpdateState::Paused), "3 of 4 is not");
+}
+
+#[test]
+fn a_manual_rollback_uses_the_rollback_config() {
+    let mut sim = Sim::new(&["n1"]);
+    let mut web = replicated("web", 3);
+    web.update_config.parallelism = 1;
+    web.rollback_config.parallelism = 0;
+    web.rollback_config.monitor_ms = 0;
+    sim.create(web);
+    sim.settle();
+    sim.update("web", image("two"));
+    sim.run_while("web", UpdateState::Updating, 1_000);
+    let rolled = sim
+        .service("web")
+        .rolled_back("manually requested rollback", sim.now)
+        .unwrap();
+    sim.services[0] = rolled;
+    let actions = sim.step();
+    assert_eq!(actions.update.len(), 3, "parallelism 0: every key at once");
+    sim.run_while("web", UpdateState::RollbackStarted, 1_000);
+    assert_eq!(sim.update_state("web"), Some(UpdateState::RollbackCompleted));
+    assert_eq!(sim.service("web").spec.task.image, None);
+}
+
 #[derive(Debug, Clone)]
 enum Event {
     Fail(usize),
@@ -626,7 +907,10 @@ proptest! {
     #[test]
     fn invariants_hold_under_random_faults(events in proptest::collection::vec(event(), 1..40)) {
         let mut sim = Sim::new(&["n1", "n2", "n3"]);
-        sim.create(replicated("web", 3));
+        let mut web = replicated("web", 3);
+        // Failures are the faults here, not reasons to pause the update (the rollout stories check that).
+        web.update_config.failure_action = FailureAction::Continue;
+        sim.create(web);
         let mut version = 0;
         for e in events {
             match e {

@@ -59,6 +59,7 @@ fn task(id: &str, service: &str, spec: &TaskSpec) -> Task {
         created_at: 0,
         ports: Vec::new(),
         networks: Vec::new(),
+        started_at: None,
     }
 }
 
