@@ -5,6 +5,7 @@
 use swarm_specs::task::TaskState;
 
 use crate::driver::Observed;
+use crate::driver::TaskHealth;
 
 /// What the supervisor should do with the driver next.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -110,11 +111,24 @@ pub fn step(desired: TaskState, current: TaskState, observed: &Observed) -> Step
             _ => go(Action::Start, report(TaskState::Starting, "starting")),
         },
         TaskState::Starting => match observed {
-            Observed::Running { healthy: None } | Observed::Running { healthy: Some(true) } => {
-                go(Action::Report, report(TaskState::Running, "started"))
-            }
+            Observed::Running {
+                health: TaskHealth::None | TaskHealth::Healthy,
+            } => go(Action::Report, report(TaskState::Running, "started")),
             // Has a healthcheck that has not passed yet: the task is Starting until it is healthy.
-            Observed::Running { healthy: Some(false) } => go(Action::Wait, None),
+            Observed::Running {
+                health: TaskHealth::Starting,
+            } => go(Action::Wait, None),
+            // Failed its healthcheck before it ever passed it (as Swarm does: the task fails).
+            Observed::Running {
+                health: TaskHealth::Unhealthy,
+            } => go(
+                Action::Stop,
+                failed(
+                    "unhealthy",
+                    "task: unhealthy container (its healthcheck failed)".into(),
+                    None,
+                ),
+            ),
             Observed::Exited { code: 0 } => finished(),
             Observed::Exited { code } => go(
                 Action::Report,
@@ -131,7 +145,9 @@ pub fn step(desired: TaskState, current: TaskState, observed: &Observed) -> Step
             ),
         },
         TaskState::Running => match observed {
-            Observed::Running { healthy: Some(false) } => go(
+            Observed::Running {
+                health: TaskHealth::Unhealthy,
+            } => go(
                 Action::Stop,
                 failed(
                     "unhealthy",
@@ -172,7 +188,11 @@ mod tests {
             match s.action {
                 Action::Wait => break,
                 Action::Prepare => observed = Observed::Created,
-                Action::Start => observed = Observed::Running { healthy: None },
+                Action::Start => {
+                    observed = Observed::Running {
+                        health: TaskHealth::None,
+                    }
+                }
                 Action::Stop => observed = Observed::Exited { code: 0 },
                 Action::Remove => observed = Observed::Missing,
                 Action::Report => {}
@@ -223,19 +243,34 @@ mod tests {
         let waiting = step(
             TaskState::Running,
             TaskState::Starting,
-            &Observed::Running { healthy: Some(false) },
+            &Observed::Running {
+                health: TaskHealth::Starting,
+            },
         );
         assert_eq!(waiting.action, Action::Wait);
+        let never_healthy = step(
+            TaskState::Running,
+            TaskState::Starting,
+            &Observed::Running {
+                health: TaskHealth::Unhealthy,
+            },
+        );
+        assert_eq!(never_healthy.action, Action::Stop);
+        assert_eq!(never_healthy.report.unwrap().state, TaskState::Failed);
         let healthy = step(
             TaskState::Running,
             TaskState::Starting,
-            &Observed::Running { healthy: Some(true) },
+            &Observed::Running {
+                health: TaskHealth::Healthy,
+            },
         );
         assert_eq!(healthy.report.unwrap().state, TaskState::Running);
         let sick = step(
             TaskState::Running,
             TaskState::Running,
-            &Observed::Running { healthy: Some(false) },
+            &Observed::Running {
+                health: TaskHealth::Unhealthy,
+            },
         );
         assert_eq!(sick.action, Action::Stop);
         assert_eq!(sick.report.unwrap().state, TaskState::Failed);
@@ -246,7 +281,9 @@ mod tests {
         let s = step(
             TaskState::Shutdown,
             TaskState::Running,
-            &Observed::Running { healthy: None },
+            &Observed::Running {
+                health: TaskHealth::None,
+            },
         );
         assert_eq!((s.action, s.report.unwrap().state), (Action::Stop, TaskState::Shutdown));
         let s = step(TaskState::Remove, TaskState::Shutdown, &Observed::Exited { code: 0 });
@@ -261,9 +298,18 @@ mod tests {
         // and following the machine with an obedient runtime ends in Wait within a few steps.
         let observations = [
             Observed::Created,
-            Observed::Running { healthy: None },
-            Observed::Running { healthy: Some(true) },
-            Observed::Running { healthy: Some(false) },
+            Observed::Running {
+                health: TaskHealth::None,
+            },
+            Observed::Running {
+                health: TaskHealth::Starting,
+            },
+            Observed::Running {
+                health: TaskHealth::Healthy,
+            },
+            Observed::Running {
+                health: TaskHealth::Unhealthy,
+            },
             Observed::Exited { code: 0 },
             Observed::Exited { code: 137 },
             Observed::Missing,

@@ -19,6 +19,7 @@ use swarm_agent::driver::DriverError;
 use swarm_agent::driver::LogOptions;
 use swarm_agent::driver::LogStream;
 use swarm_agent::driver::Observed;
+use swarm_agent::driver::TaskHealth;
 use swarm_agent::driver::LABEL_NODE;
 use swarm_agent::driver::LABEL_STACK;
 use swarm_agent::driver::LABEL_TASK;
@@ -97,7 +98,9 @@ async fn a_started_task_runs_with_its_env_and_command() {
     d.prepare(&task).await.expect("prepare a running task");
     assert_eq!(
         d.inspect(&task.task_id).await.expect("inspect"),
-        Observed::Running { healthy: None }
+        Observed::Running {
+            health: TaskHealth::None
+        }
     );
 
     let v2 = node.task("v2", IMAGE_2, "cat /VERSION; exec sleep 60");
@@ -190,10 +193,12 @@ async fn healthchecks_report_healthy_and_unhealthy() {
     }
 
     wait_observed(d, &good.task_id, SOON, |o| {
-        *o == Observed::Running { healthy: Some(true) }
+        *o == Observed::Running {
+            health: TaskHealth::Healthy,
+        }
     })
     .await;
-    // `starting` and `unhealthy` both read as not healthy: ask the engine which one it is.
+    // Starting until its retries failed, then unhealthy, as the engine says.
     let deadline = Instant::now() + SOON;
     while docker_json(&["inspect", &bad.name])["State"]["Health"]["Status"] != "unhealthy" {
         assert!(
@@ -204,7 +209,9 @@ async fn healthchecks_report_healthy_and_unhealthy() {
     }
     assert_eq!(
         d.inspect(&bad.task_id).await.expect("inspect"),
-        Observed::Running { healthy: Some(false) }
+        Observed::Running {
+            health: TaskHealth::Unhealthy
+        }
     );
 
     // The events say so too: healthy for one; for the other, started (health starting) then unhealthy.
@@ -215,10 +222,16 @@ async fn healthchecks_report_healthy_and_unhealthy() {
             .await
             .expect("health events in time")
             .expect("event stream open");
-        if event.task_id == good.task_id && event.observed == (Observed::Running { healthy: Some(true) }) {
+        if event.task_id == good.task_id
+            && event.observed
+                == (Observed::Running {
+                    health: TaskHealth::Healthy,
+                })
+        {
             good_healthy = true;
         }
-        if event.task_id == bad.task_id && event.observed == (Observed::Running { healthy: Some(false) }) {
+        let not_healthy = [TaskHealth::Starting, TaskHealth::Unhealthy].map(|health| Observed::Running { health });
+        if event.task_id == bad.task_id && not_healthy.contains(&event.observed) {
             bad_not_healthy += 1;
         }
     }
@@ -483,7 +496,12 @@ async fn a_new_driver_adopts_the_containers_of_the_last_one() {
         listed,
         BTreeMap::from([
             (created.task_id.clone(), Observed::Created),
-            (started.task_id.clone(), Observed::Running { healthy: None }),
+            (
+                started.task_id.clone(),
+                Observed::Running {
+                    health: TaskHealth::None
+                }
+            ),
         ])
     );
     let other_node = DockerDriver::connect(&DockerDriver::default_socket(), format!("{}-other", node.id));

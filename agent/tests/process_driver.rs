@@ -20,6 +20,7 @@ use swarm_agent::driver::LogLine;
 use swarm_agent::driver::LogOptions;
 use swarm_agent::driver::LogStream;
 use swarm_agent::driver::Observed;
+use swarm_agent::driver::TaskHealth;
 use swarm_agent::driver::TaskRun;
 use swarm_specs::spec;
 use swarm_specs::spec::Healthcheck;
@@ -412,9 +413,13 @@ async fn a_passing_healthcheck_makes_the_task_healthy() {
     // Starting: the first event, before any probe result.
     assert_eq!(
         node.event("t", |_| true).await,
-        Observed::Running { healthy: Some(false) }
+        Observed::Running {
+            health: TaskHealth::Starting
+        }
     );
-    let healthy = Observed::Running { healthy: Some(true) };
+    let healthy = Observed::Running {
+        health: TaskHealth::Healthy,
+    };
     assert_eq!(node.event("t", |o| *o == healthy).await, healthy);
     assert_eq!(node.driver().inspect("t").await.unwrap(), healthy);
     assert_eq!(node.driver().health("t"), Some(HealthStatus::Healthy));
@@ -423,7 +428,9 @@ async fn a_passing_healthcheck_makes_the_task_healthy() {
     node.run(&task("plain", &["sleep", "100"])).await;
     assert_eq!(
         node.driver().inspect("plain").await.unwrap(),
-        Observed::Running { healthy: None }
+        Observed::Running {
+            health: TaskHealth::None
+        }
     );
 }
 
@@ -453,16 +460,24 @@ async fn a_failing_healthcheck_makes_the_task_unhealthy_after_its_retries() {
     );
     assert_eq!(
         node.driver().inspect("t").await.unwrap(),
-        Observed::Running { healthy: Some(false) }
+        Observed::Running {
+            health: TaskHealth::Unhealthy
+        }
     );
 
     // One success makes it healthy again; three failures unhealthy again.
     fs::write(&flag, "").unwrap();
-    let healthy = Observed::Running { healthy: Some(true) };
+    let healthy = Observed::Running {
+        health: TaskHealth::Healthy,
+    };
     node.event("t", |o| *o == healthy).await;
     fs::remove_file(&flag).unwrap();
-    node.event("t", |o| *o == Observed::Running { healthy: Some(false) })
-        .await;
+    node.event("t", |o| {
+        *o == Observed::Running {
+            health: TaskHealth::Unhealthy,
+        }
+    })
+    .await;
     assert_eq!(node.driver().health("t"), Some(HealthStatus::Unhealthy));
 }
 
@@ -594,9 +609,13 @@ async fn adopts_a_running_task_after_an_agent_restart() {
     let pid = node.pid("t");
 
     node.restart();
-    let starting = Observed::Running { healthy: Some(false) };
+    let starting = Observed::Running {
+        health: TaskHealth::Starting,
+    };
     assert_eq!(node.driver().list().await.unwrap(), [("t".to_string(), starting)]);
-    let healthy = Observed::Running { healthy: Some(true) };
+    let healthy = Observed::Running {
+        health: TaskHealth::Healthy,
+    };
     node.event("t", |o| *o == healthy).await;
     assert_eq!(node.driver().inspect("t").await.unwrap(), healthy);
     node.driver().stop("t", "", Duration::from_secs(5)).await.expect("stop");

@@ -69,6 +69,7 @@ use super::LogLine;
 use super::LogOptions;
 use super::LogStream;
 use super::Observed;
+use super::TaskHealth;
 use super::TaskRun;
 use super::LABEL_NODE;
 use super::LABEL_SERVICE;
@@ -823,8 +824,10 @@ impl Inner {
                     None => None,
                 };
                 match observed {
-                    Some(Observed::Running { healthy }) => Observed::Running { healthy },
-                    _ if started => Observed::Running { healthy: None },
+                    Some(Observed::Running { health }) => Observed::Running { health },
+                    _ if started => Observed::Running {
+                        health: TaskHealth::None,
+                    },
                     Some(observed) => observed,
                     None => return None,
                 }
@@ -926,8 +929,15 @@ fn event_meaning(action: &str, attributes: &HashMap<String, String>) -> Option<E
         },
         "destroy" => Observed::Missing,
         other => match other.strip_prefix("health_status:").map(str::trim) {
-            Some("healthy") => Observed::Running { healthy: Some(true) },
-            Some("unhealthy" | "starting") => Observed::Running { healthy: Some(false) },
+            Some("healthy") => Observed::Running {
+                health: TaskHealth::Healthy,
+            },
+            Some("starting") => Observed::Running {
+                health: TaskHealth::Starting,
+            },
+            Some("unhealthy") => Observed::Running {
+                health: TaskHealth::Unhealthy,
+            },
             _ => return None,
         },
     };
@@ -947,7 +957,7 @@ fn observed_of(state: Option<&ContainerState>) -> Observed {
             | ContainerStateStatusEnum::RESTARTING
             | ContainerStateStatusEnum::STOPPING,
         ) => Observed::Running {
-            healthy: health_of(state),
+            health: health_of(state),
         },
         Some(
             ContainerStateStatusEnum::EXITED | ContainerStateStatusEnum::DEAD | ContainerStateStatusEnum::REMOVING,
@@ -958,11 +968,12 @@ fn observed_of(state: Option<&ContainerState>) -> Observed {
     }
 }
 
-fn health_of(state: &ContainerState) -> Option<bool> {
-    match state.health.as_ref()?.status? {
-        HealthStatusEnum::HEALTHY => Some(true),
-        HealthStatusEnum::STARTING | HealthStatusEnum::UNHEALTHY => Some(false),
-        HealthStatusEnum::NONE | HealthStatusEnum::EMPTY => None,
+fn health_of(state: &ContainerState) -> TaskHealth {
+    match state.health.as_ref().and_then(|h| h.status) {
+        Some(HealthStatusEnum::HEALTHY) => TaskHealth::Healthy,
+        Some(HealthStatusEnum::STARTING) => TaskHealth::Starting,
+        Some(HealthStatusEnum::UNHEALTHY) => TaskHealth::Unhealthy,
+        Some(HealthStatusEnum::NONE | HealthStatusEnum::EMPTY) | None => TaskHealth::None,
     }
 }
 
@@ -1511,11 +1522,15 @@ mod tests {
         );
         assert_eq!(
             event_meaning("health_status: healthy", &none),
-            Some(EventMeaning::Observed(Observed::Running { healthy: Some(true) }))
+            Some(EventMeaning::Observed(Observed::Running {
+                health: TaskHealth::Healthy
+            }))
         );
         assert_eq!(
             event_meaning("health_status: unhealthy", &none),
-            Some(EventMeaning::Observed(Observed::Running { healthy: Some(false) }))
+            Some(EventMeaning::Observed(Observed::Running {
+                health: TaskHealth::Unhealthy
+            }))
         );
         assert_eq!(
             event_meaning("start", &none),
@@ -1544,15 +1559,21 @@ mod tests {
         );
         assert_eq!(
             observed_of(Some(&state(S::RUNNING, 0, None, ""))),
-            Observed::Running { healthy: None }
+            Observed::Running {
+                health: TaskHealth::None
+            }
         );
         assert_eq!(
             observed_of(Some(&state(S::RUNNING, 0, Some(HealthStatusEnum::STARTING), ""))),
-            Observed::Running { healthy: Some(false) }
+            Observed::Running {
+                health: TaskHealth::Starting
+            }
         );
         assert_eq!(
             observed_of(Some(&state(S::RUNNING, 0, Some(HealthStatusEnum::HEALTHY), ""))),
-            Observed::Running { healthy: Some(true) }
+            Observed::Running {
+                health: TaskHealth::Healthy
+            }
         );
         assert_eq!(
             observed_of(Some(&state(S::EXITED, 3, None, ""))),

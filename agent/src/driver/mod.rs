@@ -46,15 +46,27 @@ pub struct TaskRun {
 pub enum Observed {
     /// Created (prepared) but not started.
     Created,
-    /// Running; `healthy` is None without a healthcheck, Some(false) while starting or unhealthy.
+    /// Running, with its healthcheck's verdict.
     Running {
-        healthy: Option<bool>,
+        health: TaskHealth,
     },
     Exited {
         code: i64,
     },
     /// Nothing of this task exists on the node (never created, or removed behind our back).
     Missing,
+}
+
+/// What a running task's healthcheck says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskHealth {
+    /// It has no healthcheck.
+    None,
+    /// No probe has passed yet (and it has not failed its retries yet).
+    Starting,
+    Healthy,
+    /// `retries` probes failed in a row.
+    Unhealthy,
 }
 
 /// Something that happened to a task behind the agent's back (or as a result of its own actions).

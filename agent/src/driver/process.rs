@@ -101,6 +101,7 @@ use super::LogLine;
 use super::LogOptions;
 use super::LogStream;
 use super::Observed;
+use super::TaskHealth;
 use super::TaskRun;
 
 /// `PATH` for tasks when the agent itself has none.
@@ -128,7 +129,7 @@ const STDOUT_LOG: &str = "stdout.log";
 const STDERR_LOG: &str = "stderr.log";
 const EXIT_CODE_FILE: &str = "exit_code";
 
-/// A task's healthcheck state; finer than `Observed::Running { healthy }`, which folds starting and unhealthy.
+/// A task's healthcheck state (what `Observed::Running` reports as a [`TaskHealth`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HealthStatus {
     /// No probe has passed yet.
@@ -285,7 +286,12 @@ impl Status {
         match self.exit {
             Some(code) => Observed::Exited { code },
             None => Observed::Running {
-                healthy: self.health.map(|h| h == HealthStatus::Healthy),
+                health: match self.health {
+                    None => TaskHealth::None,
+                    Some(HealthStatus::Starting) => TaskHealth::Starting,
+                    Some(HealthStatus::Healthy) => TaskHealth::Healthy,
+                    Some(HealthStatus::Unhealthy) => TaskHealth::Unhealthy,
+                },
             },
         }
     }
