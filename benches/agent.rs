@@ -34,6 +34,7 @@ use swarm_specs::spec::TaskSpec;
 use swarm_specs::task::Task;
 use swarm_specs::task::TaskState;
 use swarm_specs::task::TaskStatus;
+use swarm_specs::task::MANUAL_SERVICE_PREFIX;
 
 const BIN: &str = env!("CARGO_BIN_EXE_swarm");
 const IMAGE: &str = "swarm-test/busybox:1";
@@ -350,7 +351,7 @@ fn tasks_for(node_id: &str, count: usize) -> Vec<Task> {
             spec.stop_grace_period_ms = 2_000;
             Task {
                 id: swarm_reconciler::ca::new_id(),
-                service: "bench".to_string(),
+                service: format!("{MANUAL_SERVICE_PREFIX}-bench"),
                 slot: Some(slot),
                 node_id: Some(node_id.to_string()),
                 spec_version: 1,

@@ -124,8 +124,26 @@ pub struct ApplyArgs {
 
 /// `swarm apply`: plan, confirm, apply in one entry, wait until converged.
 pub async fn apply(client: &Client, args: &ApplyArgs) -> anyhow::Result<ExitCode> {
+    let Some(applied) = submit(client, args).await? else {
+        return Ok(ExitCode::from(1));
+    };
+    if args.detach {
+        return Ok(ExitCode::SUCCESS);
+    }
+    converge(client, &applied, args.quiet).await
+}
+
+/// What one apply wrote: the stack, and the services with the task version each converges to.
+pub struct Applied {
+    pub stack: String,
+    pub services: Vec<(String, u64)>,
+}
+
+/// The first half of `swarm apply`: prints the plan, asks (unless `--yes`), applies it in one entry and says what
+/// changed. `None` when the person declined.
+pub async fn submit(client: &Client, args: &ApplyArgs) -> anyhow::Result<Option<Applied>> {
     let color = !args.no_color && std::io::stdout().is_terminal();
-    let (desired, expected, source) = match &args.plan_file {
+    let (desired, expected, source, secrets) = match &args.plan_file {
         Some(path) => {
             let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
             let saved = Plan::from_json(&text).with_context(|| format!("cannot use {}", path.display()))?;
@@ -139,7 +157,9 @@ pub async fn apply(client: &Client, args: &ApplyArgs) -> anyhow::Result<ExitCode
             if !args.quiet {
                 print!("{}", plan::render(&saved, color));
             }
-            (desired, saved.base_revision, format!("plan {}", path.display()))
+            // A saved plan holds no secret content: a new secret in it is refused, saying so.
+            let none = std::collections::BTreeSet::new();
+            (desired, saved.base_revision, format!("plan {}", path.display()), none)
         }
         None => {
             let desired = stackfile::load_stack(&args.stack)?;
@@ -159,17 +179,20 @@ pub async fn apply(client: &Client, args: &ApplyArgs) -> anyhow::Result<ExitCode
             let base = live.plan.base_revision;
             if live.plan.has_changes() && !args.yes && !confirm(&desired.name)? {
                 println!("Apply cancelled.");
-                return Ok(ExitCode::from(1));
+                return Ok(None);
             }
-            (desired, base, source_of(&args.stack))
+            let secrets = new_secrets(&live.plan);
+            (desired, base, source_of(&args.stack), secrets)
         }
     };
     if args.plan_file.is_some() && !args.yes && !confirm(&desired.name)? {
         println!("Apply cancelled.");
-        return Ok(ExitCode::from(1));
+        return Ok(None);
     }
     let name = desired.name.clone();
     let request = ApplyRequest {
+        // The content of new and rotated secrets only (a secret's spec never carries it).
+        secret_data: swarm_reconciler::secrets::SecretPayloads::of(&desired, &secrets),
         spec: desired,
         expected_revision: expected,
         prune: args.prune,
@@ -187,12 +210,18 @@ pub async fn apply(client: &Client, args: &ApplyArgs) -> anyhow::Result<ExitCode
     } else {
         println!("Stack {name} is unchanged (revision {}).", response.revision);
     }
-    if args.detach {
-        return Ok(ExitCode::SUCCESS);
-    }
-    if crate::progress::wait_converged(client, &response.services, args.quiet).await? {
+    Ok(Some(Applied {
+        stack: name,
+        services: response.services,
+    }))
+}
+
+/// The second half of `swarm apply`: waits until every service of the stack converged (exit 1 when one did not).
+pub async fn converge(client: &Client, applied: &Applied, quiet: bool) -> anyhow::Result<ExitCode> {
+    if crate::progress::wait_converged(client, &applied.services, quiet).await? {
         Ok(ExitCode::SUCCESS)
     } else {
+        let name = &applied.stack;
         eprintln!("stack {name} did not converge (see the tasks above; `swarm stack ps {name}` shows them all)");
         Ok(ExitCode::from(1))
     }
@@ -207,6 +236,15 @@ fn keep_unpruned(plan: &mut Plan) -> usize {
     let kept = before - plan.changes.len();
     plan.summary.remove -= kept;
     kept
+}
+
+/// The stored names of the secrets a plan creates or rotates: the manager needs their content.
+fn new_secrets(plan: &Plan) -> std::collections::BTreeSet<String> {
+    plan.changes
+        .iter()
+        .filter(|c| c.kind == plan::Kind::Secret && c.action != plan::Action::Remove)
+        .filter_map(|c| c.after.get("name").and_then(|n| n.as_str()).map(str::to_string))
+        .collect()
 }
 
 /// Asks on a terminal; refuses without one (CI passes --yes).
@@ -273,6 +311,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
             advertise_addr: Some(listen.clone()),
             listen_addr: Some(listen),
             force_new_cluster: false,
+            autolock: false,
         };
         let _: swarm_reconciler::wire::InitResponse = client.post("/v1/init", &request).await?;
     }
@@ -369,4 +408,210 @@ async fn print_status(client: &Client, stack: &str) {
 fn free_local_addr() -> anyhow::Result<String> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").context("cannot find a free port on 127.0.0.1")?;
     Ok(listener.local_addr()?.to_string())
+}
+
+/// The CI examples (`examples/ci/`) stay valid YAML, and every `swarm` command in them parses with this CLI.
+#[cfg(test)]
+mod ci_examples {
+    use clap::Parser as _;
+
+    use crate::Cli;
+    use crate::Command;
+
+    fn example(name: &str) -> serde_json::Value {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("examples/ci")
+            .join(name);
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+        serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{} is not valid YAML: {e}", path.display()))
+    }
+
+    /// The shell scripts of a CI file: GitHub's `run` steps, GitLab's `script`, `before_script` and `after_script`.
+    fn scripts(value: &serde_json::Value, out: &mut Vec<String>) {
+        fn all_strings(value: &serde_json::Value, out: &mut Vec<String>) {
+            match value {
+                serde_json::Value::String(s) => out.push(s.clone()),
+                serde_json::Value::Array(items) => items.iter().for_each(|v| all_strings(v, out)),
+                _ => {}
+            }
+        }
+        match value {
+            serde_json::Value::Array(items) => items.iter().for_each(|v| scripts(v, out)),
+            serde_json::Value::Object(map) => {
+                for (key, v) in map {
+                    if matches!(key.as_str(), "run" | "script" | "before_script" | "after_script") {
+                        all_strings(v, out);
+                    } else {
+                        scripts(v, out);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    #[derive(Debug, PartialEq)]
+    enum Token {
+        Word(String),
+        /// `;`, `&&`, `||`, `|`, `&`, parentheses, a new line: the next word starts a command.
+        Separator,
+        /// `>`, `>>`, `<`, `2>&1`...: ends the command's arguments.
+        Redirect,
+    }
+
+    /// Splits a shell script as sh does, enough for CI scripts: quotes removed, `$VARIABLES` left as written.
+    fn tokens(script: &str) -> Vec<Token> {
+        let script = script.replace("\\\n", "");
+        let mut out = Vec::new();
+        let mut word: Option<String> = None;
+        let mut chars = script.chars().peekable();
+        let flush = |word: &mut Option<String>, out: &mut Vec<Token>| {
+            if let Some(w) = word.take() {
+                out.push(Token::Word(w));
+            }
+        };
+        while let Some(c) = chars.next() {
+            match c {
+                '\'' => {
+                    let w = word.get_or_insert_with(String::new);
+                    for c in chars.by_ref() {
+                        if c == '\'' {
+                            break;
+                        }
+                        w.push(c);
+                    }
+                }
+                '"' => {
+                    let w = word.get_or_insert_with(String::new);
+                    while let Some(c) = chars.next() {
+                        match c {
+                            '"' => break,
+                            '\\' if matches!(chars.peek(), Some('"' | '\\' | '$' | '`')) => {
+                                w.extend(chars.next());
+                            }
+                            c => w.push(c),
+                        }
+                    }
+                }
+                '\\' => word.get_or_insert_with(String::new).extend(chars.next()),
+                '#' if word.is_none() => {
+                    while chars.peek().is_some_and(|c| *c != '\n') {
+                        chars.next();
+                    }
+                }
+                '>' | '<' => {
+                    // `2>` and `2>&1`: the descriptor belongs to the redirection.
+                    if word.as_deref().is_some_and(|w| w.chars().all(|c| c.is_ascii_digit())) {
+                        word = None;
+                    }
+                    flush(&mut word, &mut out);
+                    while chars.peek().is_some_and(|c| matches!(c, '>' | '&' | '0'..='9')) {
+                        chars.next();
+                    }
+                    out.push(Token::Redirect);
+                }
+                ';' | '&' | '|' | '(' | ')' | '\n' => {
+                    flush(&mut word, &mut out);
+                    out.push(Token::Separator);
+                }
+                c if c.is_whitespace() => flush(&mut word, &mut out),
+                c => word.get_or_insert_with(String::new).push(c),
+            }
+        }
+        flush(&mut word, &mut out);
+        out
+    }
+
+    /// The `swarm ...` commands of a script, each as its words.
+    fn swarm_commands(script: &str) -> Vec<Vec<String>> {
+        let mut commands = Vec::new();
+        let mut at_start = true;
+        let mut current: Option<Vec<String>> = None;
+        for token in tokens(script) {
+            match token {
+                Token::Separator | Token::Redirect => {
+                    commands.extend(current.take());
+                    at_start = token == Token::Separator;
+                }
+                Token::Word(w) => match &mut current {
+                    Some(words) => words.push(w),
+                    None if at_start && w == "swarm" => current = Some(vec![w]),
+                    // Keywords and variable assignments may come before the command.
+                    None if at_start
+                        && (matches!(w.as_str(), "if" | "then" | "else" | "do" | "!" | "time") || w.contains('=')) => {}
+                    None => at_start = false,
+                },
+            }
+        }
+        commands.extend(current);
+        commands
+    }
+
+    /// Checks one example: valid YAML, every swarm command parses, and it has a plan with --detailed-exitcode and
+    /// an apply with --yes.
+    fn check(name: &str) -> serde_json::Value {
+        let doc = example(name);
+        let mut shell = Vec::new();
+        scripts(&doc, &mut shell);
+        let commands: Vec<Vec<String>> = shell.iter().flat_map(|s| swarm_commands(s)).collect();
+        let (mut plans, mut applies) = (0, 0);
+        for words in &commands {
+            let cli = Cli::try_parse_from(words)
+                .unwrap_or_else(|e| panic!("{name}: `{}` does not parse:\n{e}", words.join(" ")));
+            match cli.command {
+                Command::Plan { detailed_exitcode, .. } => {
+                    assert!(
+                        detailed_exitcode,
+                        "{name}: `{}` lacks --detailed-exitcode",
+                        words.join(" ")
+                    );
+                    plans += 1;
+                }
+                Command::Apply { yes, watch, .. } => {
+                    assert!(yes && !watch, "{name}: `{}` must apply with --yes", words.join(" "));
+                    applies += 1;
+                }
+                _ => {}
+            }
+        }
+        assert!(plans >= 1 && applies >= 1, "{name}: swarm commands found: {commands:?}");
+        doc
+    }
+
+    #[test]
+    fn the_github_actions_example_is_valid_and_its_swarm_commands_parse() {
+        let doc = check("github-actions.yml");
+        assert!(
+            doc["on"]["pull_request"].is_object() && doc["on"]["push"].is_object(),
+            "{doc}"
+        );
+        assert!(doc["jobs"]["plan"]["steps"].is_array() && doc["jobs"]["apply"]["steps"].is_array());
+    }
+
+    #[test]
+    fn the_gitlab_ci_example_is_valid_and_its_swarm_commands_parse() {
+        let doc = check("gitlab-ci.yml");
+        assert!(
+            doc["plan"]["script"].is_array() && doc["apply"]["script"].is_array(),
+            "{doc}"
+        );
+    }
+
+    #[test]
+    fn shell_commands_are_split_as_sh_does() {
+        assert_eq!(
+            swarm_commands(
+                "code=0; swarm plan -f \"$STACK_FILE\" --stack 'my stack' > plan.txt || code=$?\n\
+                 cargo install --git x swarm\nif swarm apply \\\n  --yes; then echo swarm ok; fi # swarm x"
+            ),
+            vec![
+                vec!["swarm", "plan", "-f", "$STACK_FILE", "--stack", "my stack"],
+                vec!["swarm", "apply", "--yes"],
+            ]
+        );
+        assert_eq!(
+            swarm_commands("swarm plan 2>&1 | tee plan.txt"),
+            vec![vec!["swarm", "plan"]]
+        );
+    }
 }

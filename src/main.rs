@@ -2,12 +2,15 @@
 
 mod apply;
 mod client;
-mod gitfiles;
+mod config;
 mod node;
 mod progress;
+mod secret;
 mod service;
+mod source;
 mod stack;
 mod stackfile;
+mod watch;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -91,6 +94,10 @@ enum Command {
         /// Rebuild a cluster that lost its quorum for good from this manager's data.
         #[arg(long)]
         force_new_cluster: bool,
+        /// Protect the managers' secrets key with an unlock key, printed once: a restarted manager cannot use
+        /// secrets until `swarm unlock` gives it.
+        #[arg(long)]
+        autolock: bool,
     },
     /// Join a swarm as a worker or a manager, as the token says.
     Join {
@@ -129,6 +136,20 @@ enum Command {
         /// Finished tasks kept per slot.
         #[arg(long, value_name = "N")]
         task_history_limit: Option<u32>,
+        /// Turn autolock on (a new unlock key is printed once) or off.
+        #[arg(long, value_name = "true|false", num_args = 0..=1, default_missing_value = "true")]
+        autolock: Option<bool>,
+    },
+    /// Unlock a manager that restarted with autolock on: give the unlock key on standard input (or at the prompt).
+    Unlock,
+    /// Print the unlock key (autolock), or replace it with a new one.
+    UnlockKey {
+        /// Make a new unlock key; the old one no longer unlocks managers once they rewrapped their copy.
+        #[arg(long)]
+        rotate: bool,
+        /// Print only the key.
+        #[arg(short, long)]
+        quiet: bool,
     },
     /// Leave the swarm.
     Leave {
@@ -150,6 +171,12 @@ enum Command {
     /// Manage stacks.
     #[command(subcommand)]
     Stack(stack::StackCommand),
+    /// Manage secrets: encrypted in the cluster, delivered only to the nodes whose tasks use them.
+    #[command(subcommand)]
+    Secret(secret::SecretCommand),
+    /// Manage GitOps sources: git repositories whose stacks the manager keeps applied.
+    #[command(subcommand)]
+    Source(source::SourceCommand),
     /// Low-level task commands for testing the dispatcher and agents (services come with `swarm apply`).
     #[command(subcommand, hide = true)]
     Debug(DebugCommand),
@@ -161,8 +188,12 @@ enum Command {
         #[arg(short, long)]
         quiet: bool,
     },
-    /// Print the stack after interpolation and merging, as `docker stack config` does.
+    /// Print the stack after interpolation and merging, as `docker stack config` does; or, with a subcommand,
+    /// manage configs (create, ls, inspect, rm) as `docker config` does.
+    #[command(args_conflicts_with_subcommands = true)]
     Config {
+        #[command(subcommand)]
+        action: Option<config::ConfigCommand>,
         #[command(flatten)]
         stack: StackArgs,
         /// Print the canonical spec the manager stores (JSON) instead of the stack file.
@@ -192,6 +223,13 @@ enum Command {
         /// Print only the result.
         #[arg(short, long)]
         quiet: bool,
+        /// Keep running: apply now, then plan and apply again on every save of the stack files, the .env (or
+        /// --env-file) and the env_file, secret and config files they name, until Ctrl-C. Implies --yes. Each
+        /// apply waits for convergence as usual, but a save during that wait ends it and applies the new version
+        /// at once (with --detach nothing is waited for). An invalid file prints its errors, applies nothing, and
+        /// watching goes on.
+        #[arg(short, long, conflicts_with = "plan")]
+        watch: bool,
     },
     /// Start a single-node cluster in this process, apply the stack, and run until Ctrl-C.
     Up {
@@ -402,11 +440,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             advertise_addr,
             listen_addr,
             force_new_cluster,
+            autolock,
         } => {
             let req = swarm_reconciler::wire::InitRequest {
                 advertise_addr,
                 listen_addr: Some(listen_addr),
                 force_new_cluster,
+                autolock,
             };
             node::init(&client()?, req).await
         }
@@ -432,6 +472,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cert_expiry,
             node_prune_after,
             task_history_limit,
+            autolock,
         } => {
             let ms = |text: &str| -> anyhow::Result<u64> {
                 let d = swarm_specs::units::parse_duration(text)?;
@@ -448,8 +489,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 node_cert_validity_ms: cert_expiry.as_deref().map(ms).transpose()?,
                 task_history_limit,
             };
-            node::update(&client()?, update).await
+            secret::update(&client()?, update, autolock).await
         }
+        Command::Unlock => secret::unlock(&client()?).await,
+        Command::UnlockKey { rotate, quiet } => secret::unlock_key(&client()?, rotate, quiet).await,
+        Command::Secret(cmd) => secret::run(&client()?, cmd).await,
         Command::Info { json } => node::info(&client()?, json).await,
         Command::Debug(cmd) => {
             let c = client()?;
@@ -476,6 +520,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Service(cmd) => service::run(&client()?, cmd).await,
         Command::Stack(cmd) => stack::run(&client()?, cmd).await,
+        Command::Source(cmd) => source::run(&client()?, cmd).await,
         Command::Node(cmd) => {
             let c = client()?;
             match cmd {
@@ -500,7 +545,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Validate { stack, quiet } => stackfile::validate(&stack, quiet),
-        Command::Config { stack, normalized } => stackfile::config(&stack, normalized),
+        Command::Config { action: Some(cmd), .. } => config::run(&client()?, cmd).await,
+        Command::Config {
+            action: None,
+            stack,
+            normalized,
+        } => stackfile::config(&stack, normalized),
         Command::Schema => stackfile::schema(),
         Command::Plan {
             stack,
@@ -533,6 +583,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             detach,
             no_color,
             quiet,
+            watch,
         } => {
             let args = apply::ApplyArgs {
                 stack,
@@ -543,7 +594,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 no_color,
                 quiet,
             };
-            apply::apply(&client()?, &args).await
+            if watch {
+                watch::watch(&client()?, &args).await
+            } else {
+                apply::apply(&client()?, &args).await
+            }
         }
         Command::Up {
             stack,

@@ -97,6 +97,9 @@ pub async fn init(client: &Client, req: InitRequest) -> anyhow::Result<ExitCode>
     println!("To add a worker to this swarm, run the following command:\n");
     println!("    swarm join --token {} {}\n", r.worker_token, r.advertise_addr);
     println!("To add a manager to this swarm, run 'swarm join-token manager' and follow the instructions.");
+    if let Some(key) = &r.unlock_key {
+        println!("\n{}", crate::secret::unlock_key_text(key));
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -122,12 +125,6 @@ pub async fn join_token(client: &Client, role: &str, quiet: bool, rotate: bool) 
     let info: Info = client.get("/v1/info").await?;
     println!("To add a {role} to this swarm, run the following command:\n");
     println!("    swarm join --token {} {}\n", t.token, info.node_addr);
-    Ok(ExitCode::SUCCESS)
-}
-
-pub async fn update(client: &Client, update: SettingsUpdate) -> anyhow::Result<ExitCode> {
-    let _: swarm_reconciler::cluster::Settings = client.post("/v1/cluster/update", &update).await?;
-    println!("Swarm updated.");
     Ok(ExitCode::SUCCESS)
 }
 

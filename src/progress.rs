@@ -17,6 +17,7 @@ use indicatif::ProgressBar;
 use indicatif::ProgressDrawTarget;
 use indicatif::ProgressStyle;
 use swarm_reconciler::objects::Service;
+use swarm_reconciler::objects::UpdateState;
 use swarm_reconciler::orchestrator::Progress;
 use swarm_reconciler::routes::ServiceInfo;
 use swarm_specs::spec::RestartCondition;
@@ -237,12 +238,16 @@ pub fn assess(
         });
     }
 
+    // The rollout must have ended too: a task that fails within `monitor` still rolls the update back.
+    let update = service.update_status.as_ref();
+    let rolling = update.is_some_and(|u| u.state.in_progress());
     let done = if job {
         progress.completed >= progress.desired
     } else {
         running == progress.desired
             && progress.running == progress.desired
             && tasks.iter().filter(|t| live(t)).all(|t| t.spec_version == version)
+            && !rolling
     };
     let (overall, status) = if job {
         (
@@ -274,6 +279,14 @@ pub fn assess(
     };
 
     let mut failures = Vec::new();
+    // A rolled-back update (rolled back after what is awaited) and a paused one are failures, never success.
+    if let Some(u) = update {
+        let rolled_back = u.state.is_rollback() && service.task_version > expected;
+        let paused = matches!(u.state, UpdateState::Paused | UpdateState::RollbackPaused);
+        if rolled_back || paused {
+            failures.push(format!("{name}: {}: {}", u.state.as_str(), u.message));
+        }
+    }
     if !done {
         // A task that keeps failing.
         let failed: Vec<&Task> = current

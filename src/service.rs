@@ -11,6 +11,7 @@ use serde::Deserialize;
 use swarm_reconciler::cluster::now_millis;
 use swarm_reconciler::cluster::Node;
 use swarm_reconciler::objects::Service;
+use swarm_reconciler::objects::UpdateState;
 use swarm_reconciler::orchestrator::Progress;
 use swarm_reconciler::routes::ServiceInfo;
 use swarm_reconciler::routes::ServiceUpdate;
@@ -77,6 +78,16 @@ pub enum ServiceCommand {
     Create(Box<CreateArgs>),
     /// Update a service: read it, change its spec, and write it back.
     Update(Box<UpdateArgs>),
+    /// Go back to the service's previous spec, following its rollback config.
+    Rollback {
+        service: String,
+        /// Exit at once instead of waiting for the service to converge.
+        #[arg(short, long)]
+        detach: bool,
+        /// Do not show the progress.
+        #[arg(short, long)]
+        quiet: bool,
+    },
     /// Scale one or more replicated services.
     Scale {
         #[arg(required = true, value_name = "SERVICE=REPLICAS")]
@@ -208,6 +219,27 @@ pub struct TaskFlags {
     /// How long each updated task is watched for failure.
     #[arg(long, value_name = "DURATION")]
     pub update_monitor: Option<String>,
+    /// Share of updated tasks that may fail before the failure action (0 to 1).
+    #[arg(long, value_name = "RATIO")]
+    pub update_max_failure_ratio: Option<f64>,
+    /// Tasks rolled back at a time (0 = all at once).
+    #[arg(long, value_name = "N")]
+    pub rollback_parallelism: Option<u64>,
+    /// Delay between rollbacks of successive tasks.
+    #[arg(long, value_name = "DURATION")]
+    pub rollback_delay: Option<String>,
+    /// Rollback order: stop-first or start-first.
+    #[arg(long, value_enum)]
+    pub rollback_order: Option<UpdateOrderArg>,
+    /// What to do when a rollback fails: pause or continue.
+    #[arg(long, value_enum)]
+    pub rollback_failure_action: Option<FailureActionArg>,
+    /// How long each rolled-back task is watched for failure.
+    #[arg(long, value_name = "DURATION")]
+    pub rollback_monitor: Option<String>,
+    /// Share of rolled-back tasks that may fail before the failure action (0 to 1).
+    #[arg(long, value_name = "RATIO")]
+    pub rollback_max_failure_ratio: Option<f64>,
     /// Time a task gets to stop before it is killed (e.g. 10s).
     #[arg(long, value_name = "DURATION")]
     pub stop_grace_period: Option<String>,
@@ -340,6 +372,9 @@ pub struct UpdateArgs {
     /// Replace the tasks even if nothing changed.
     #[arg(long)]
     pub force: bool,
+    /// Roll back to the previous spec instead (as `service rollback`; no other change may be given).
+    #[arg(long)]
+    pub rollback: bool,
     /// Exit at once instead of waiting for the service to converge.
     #[arg(short, long)]
     pub detach: bool,
@@ -368,7 +403,17 @@ pub async fn run(client: &Client, cmd: ServiceCommand) -> anyhow::Result<ExitCod
         ServiceCommand::Ps { services, opts } => ps(client, &services, &opts).await,
         ServiceCommand::Inspect { services, pretty } => inspect(client, &services, pretty).await,
         ServiceCommand::Create(args) => create(client, &args).await,
+        ServiceCommand::Update(args) if args.rollback => {
+            let info: ServiceInfo = client.get(&service_path(&args.service)).await?;
+            let mut spec = info.service.spec.clone();
+            apply_update(&mut spec, &args, &|k| std::env::var(k).ok())?;
+            if spec != info.service.spec || args.force {
+                anyhow::bail!("--rollback goes back to the previous spec: give no other change with it");
+            }
+            rollback(client, &args.service, args.detach, args.quiet).await
+        }
         ServiceCommand::Update(args) => update(client, &args).await,
+        ServiceCommand::Rollback { service, detach, quiet } => rollback(client, &service, detach, quiet).await,
         ServiceCommand::Scale { scales, detach } => scale(client, &scales, detach).await,
         ServiceCommand::Rm { services } => rm(client, &services).await,
         ServiceCommand::Logs {
@@ -412,7 +457,23 @@ async fn ps(client: &Client, names: &[String], opts: &PsArgs) -> anyhow::Result<
         "{}",
         format_tasks(&services, &tasks, &nodes, &filter, now_millis(), opts)
     );
+    eprint!("{}", update_notes(&services, now_millis()));
     Ok(ExitCode::SUCCESS)
+}
+
+/// One line per service whose rolling update is not simply done (in progress, paused, rolled back), for `service
+/// ps`, `stack ps` and `stack services`; on stderr so the tables stay as Docker prints them.
+pub fn update_notes(services: &[Service], now: u64) -> String {
+    let mut out = String::new();
+    for s in services {
+        let Some(u) = &s.update_status else { continue };
+        if u.state == UpdateState::Completed {
+            continue;
+        }
+        let when = ago(now, u.completed_at.unwrap_or(u.started_at));
+        out.push_str(&format!("{}: {} ({when}): {}\n", s.name(), u.state.as_str(), u.message));
+    }
+    out
 }
 
 async fn inspect(client: &Client, names: &[String], pretty: bool) -> anyhow::Result<ExitCode> {
@@ -460,6 +521,18 @@ async fn update(client: &Client, args: &UpdateArgs) -> anyhow::Result<ExitCode> 
         return Ok(ExitCode::SUCCESS);
     }
     let done = wait_converged(client, &[(service.spec.name.clone(), service.task_version)], args.quiet).await?;
+    Ok(exit_code(done))
+}
+
+async fn rollback(client: &Client, name: &str, detach: bool, quiet: bool) -> anyhow::Result<ExitCode> {
+    let service: Service = client
+        .post(&format!("{}/rollback", service_path(name)), &serde_json::json!({}))
+        .await?;
+    println!("{name}");
+    if detach {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let done = wait_converged(client, &[(service.spec.name.clone(), service.task_version)], quiet).await?;
     Ok(exit_code(done))
 }
 
@@ -993,6 +1066,17 @@ fn inspect_json(info: &ServiceInfo) -> serde_json::Value {
         v["PreviousSpec"] = serde_json::json!(previous);
     }
     v["TaskVersion"] = serde_json::json!(s.task_version);
+    if let Some(u) = &s.update_status {
+        let mut status = serde_json::json!({
+            "State": u.state.as_str(),
+            "StartedAt": rfc3339(u.started_at),
+            "Message": u.message,
+        });
+        if let Some(done) = u.completed_at {
+            status["CompletedAt"] = serde_json::json!(rfc3339(done));
+        }
+        v["UpdateStatus"] = status;
+    }
     v["ServiceStatus"] = serde_json::json!({
         "RunningTasks": info.progress.running,
         "DesiredTasks": info.progress.desired,
@@ -1037,6 +1121,16 @@ fn format_pretty(info: &ServiceInfo) -> String {
     };
     line(0, "ID", &s.id);
     line(0, "Name", &spec.name);
+    if let Some(u) = &s.update_status {
+        let now = now_millis();
+        line(0, "UpdateStatus", "");
+        line(1, "State", u.state.as_str());
+        line(1, "Started", &ago(now, u.started_at));
+        if let Some(done) = u.completed_at {
+            line(1, "Completed", &ago(now, done));
+        }
+        line(1, "Message", &u.message);
+    }
     if !spec.labels.is_empty() {
         line(0, "Labels", "");
         for (k, v) in &spec.labels {
@@ -1338,6 +1432,52 @@ fn parse_scale(text: &str) -> anyhow::Result<(String, u64)> {
     }
 }
 
+/// The `--update-*` or `--rollback-*` flags.
+struct Rollout<'a> {
+    parallelism: Option<u64>,
+    delay: Option<&'a str>,
+    order: Option<UpdateOrderArg>,
+    failure_action: Option<FailureActionArg>,
+    monitor: Option<&'a str>,
+    max_failure_ratio: Option<f64>,
+}
+
+impl Rollout<'_> {
+    fn apply(&self, prefix: &str, u: &mut UpdateConfig) -> anyhow::Result<()> {
+        if let Some(n) = self.parallelism {
+            u.parallelism = n;
+        }
+        if let Some(d) = self.delay {
+            u.delay_ms = duration_ms(&format!("{prefix}-delay"), d)?;
+        }
+        if let Some(o) = self.order {
+            u.order = match o {
+                UpdateOrderArg::StartFirst => UpdateOrder::StartFirst,
+                UpdateOrderArg::StopFirst => UpdateOrder::StopFirst,
+            };
+        }
+        if let Some(a) = self.failure_action {
+            u.failure_action = match a {
+                FailureActionArg::Pause => FailureAction::Pause,
+                FailureActionArg::Continue => FailureAction::Continue,
+                FailureActionArg::Rollback => FailureAction::Rollback,
+            };
+        }
+        if let Some(d) = self.monitor {
+            u.monitor_ms = duration_ms(&format!("{prefix}-monitor"), d)?;
+        }
+        if let Some(r) = self.max_failure_ratio {
+            if !(0.0..=1.0).contains(&r) {
+                anyhow::bail!(
+                    "--{prefix}-max-failure-ratio: {r} is not between 0 and 1 (0.1 tolerates one failed task in ten)"
+                );
+            }
+            u.max_failure_ratio_ppm = (r * 1_000_000.0).round() as u32;
+        }
+        Ok(())
+    }
+}
+
 impl TaskFlags {
     /// Changes what the flags set, leaving the rest of `spec` as it is.
     fn apply(&self, spec: &mut ServiceSpec) -> anyhow::Result<()> {
@@ -1378,29 +1518,27 @@ impl TaskFlags {
         if r.limits.memory_bytes > 0 && r.reservations.memory_bytes > r.limits.memory_bytes {
             anyhow::bail!("--reserve-memory is above --limit-memory: reserve at most the limit");
         }
-        let u = &mut spec.update_config;
-        if let Some(n) = self.update_parallelism {
-            u.parallelism = n;
+        let update = Rollout {
+            parallelism: self.update_parallelism,
+            delay: self.update_delay.as_deref(),
+            order: self.update_order,
+            failure_action: self.update_failure_action,
+            monitor: self.update_monitor.as_deref(),
+            max_failure_ratio: self.update_max_failure_ratio,
+        };
+        update.apply("update", &mut spec.update_config)?;
+        let rollback = Rollout {
+            parallelism: self.rollback_parallelism,
+            delay: self.rollback_delay.as_deref(),
+            order: self.rollback_order,
+            failure_action: self.rollback_failure_action,
+            monitor: self.rollback_monitor.as_deref(),
+            max_failure_ratio: self.rollback_max_failure_ratio,
+        };
+        if rollback.failure_action == Some(FailureActionArg::Rollback) {
+            anyhow::bail!("--rollback-failure-action: a rollback cannot roll back; use pause or continue");
         }
-        if let Some(d) = &self.update_delay {
-            u.delay_ms = duration_ms("update-delay", d)?;
-        }
-        if let Some(o) = self.update_order {
-            u.order = match o {
-                UpdateOrderArg::StartFirst => UpdateOrder::StartFirst,
-                UpdateOrderArg::StopFirst => UpdateOrder::StopFirst,
-            };
-        }
-        if let Some(a) = self.update_failure_action {
-            u.failure_action = match a {
-                FailureActionArg::Pause => FailureAction::Pause,
-                FailureActionArg::Continue => FailureAction::Continue,
-                FailureActionArg::Rollback => FailureAction::Rollback,
-            };
-        }
-        if let Some(d) = &self.update_monitor {
-            u.monitor_ms = duration_ms("update-monitor", d)?;
-        }
+        rollback.apply("rollback", &mut spec.rollback_config)?;
         if let Some(d) = &self.stop_grace_period {
             task.stop_grace_period_ms = duration_ms("stop-grace-period", d)?;
         }

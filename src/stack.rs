@@ -5,9 +5,14 @@ use std::process::ExitCode;
 use swarm_reconciler::cluster::now_millis;
 use swarm_reconciler::objects::Service;
 use swarm_reconciler::objects::StackRevision;
+use swarm_reconciler::plan;
 use swarm_reconciler::routes::ServiceInfo;
+use swarm_reconciler::routes::StackRollback;
 use swarm_reconciler::routes::StackSummary;
+use swarm_reconciler::stacks::ApplyResponse;
 
+use crate::apply::converge;
+use crate::apply::Applied;
 use crate::client::Client;
 use crate::node::url_segment;
 use crate::service::ago;
@@ -15,6 +20,7 @@ use crate::service::format_services;
 use crate::service::format_tasks;
 use crate::service::table;
 use crate::service::tasks_and_nodes;
+use crate::service::update_notes;
 use crate::service::PsArgs;
 use crate::service::ServiceFilter;
 use crate::service::TaskFilter;
@@ -48,18 +54,44 @@ pub enum StackCommand {
     },
     /// Show what was applied to a stack: when, by whom, from where, and what it changed.
     History { stack: String },
+    /// Apply an earlier revision again, as a new revision (the history stays append-only); what that revision did
+    /// not have is removed.
+    Rollback {
+        stack: String,
+        /// The revision to go back to (default: the one before the current).
+        #[arg(long, value_name = "REVISION")]
+        to: Option<u64>,
+        /// Exit at once instead of waiting for the services to converge.
+        #[arg(short, long)]
+        detach: bool,
+        /// Do not show the progress.
+        #[arg(short, long)]
+        quiet: bool,
+    },
 }
 
 pub async fn run(client: &Client, cmd: StackCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         StackCommand::Ls => {
             let list: Vec<StackSummary> = client.get("/v1/stacks").await?;
-            print!("{}", format_stacks(&list, now_millis()));
+            // GitOps: with sources, SYNC, HEALTH and COMMIT columns too (src/source.rs).
+            let git = crate::source::stack_columns(client).await;
+            if git.is_empty() {
+                print!("{}", format_stacks(&list, now_millis()));
+            } else {
+                print!("{}", crate::source::format_stacks(&list, &git, now_millis()));
+            }
             Ok(ExitCode::SUCCESS)
         }
         StackCommand::Ps { stack, opts } => ps(client, &stack, &opts).await,
         StackCommand::Services { stack, quiet, filters } => services(client, &stack, quiet, &filters).await,
         StackCommand::Rm { stacks } => rm(client, &stacks).await,
+        StackCommand::Rollback {
+            stack,
+            to,
+            detach,
+            quiet,
+        } => rollback(client, &stack, to, detach, quiet).await,
         StackCommand::History { stack } => {
             let history: Vec<StackRevision> = client
                 .get(&format!("/v1/stacks/{}/history", url_segment(&stack)))
@@ -91,6 +123,7 @@ async fn ps(client: &Client, stack: &str, opts: &PsArgs) -> anyhow::Result<ExitC
         "{}",
         format_tasks(&services, &tasks, &nodes, &filter, now_millis(), opts)
     );
+    eprint!("{}", update_notes(&services, now_millis()));
     Ok(ExitCode::SUCCESS)
 }
 
@@ -103,7 +136,44 @@ async fn services(client: &Client, stack: &str, quiet: bool, filters: &[String])
     }
     let shown: Vec<&ServiceInfo> = list.iter().filter(|i| filter.matches(&i.service)).collect();
     print!("{}", format_services(&shown, quiet));
+    let services: Vec<Service> = shown.iter().map(|i| i.service.clone()).collect();
+    eprint!("{}", update_notes(&services, now_millis()));
     Ok(ExitCode::SUCCESS)
+}
+
+async fn rollback(
+    client: &Client,
+    stack: &str,
+    to: Option<u64>,
+    detach: bool,
+    quiet: bool,
+) -> anyhow::Result<ExitCode> {
+    let response: ApplyResponse = client
+        .post(
+            &format!("/v1/stacks/{}/rollback", url_segment(stack)),
+            &StackRollback { to },
+        )
+        .await?;
+    print!(
+        "{}",
+        plan::render(&response.plan, std::io::IsTerminal::is_terminal(&std::io::stdout()))
+    );
+    if response.changed {
+        println!("Rolled back stack {stack}: revision {}.", response.revision);
+    } else {
+        println!(
+            "Stack {stack} already is as that revision was (revision {}).",
+            response.revision
+        );
+    }
+    if detach {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let applied = Applied {
+        stack: stack.to_string(),
+        services: response.services,
+    };
+    converge(client, &applied, quiet).await
 }
 
 /// As `docker stack rm`: a stack that is not there is reported, not an error; the others are still removed.

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
+use swarm_reconciler::gitops::files::GitTree;
 use swarm_reconciler::plan;
 use swarm_specs::compose::ListOrMap;
 use swarm_specs::compose::Scalar;
@@ -15,7 +16,6 @@ use swarm_specs::LoadOptions;
 use swarm_specs::Loaded;
 use swarm_specs::StackSpec;
 
-use crate::gitfiles::GitTree;
 use crate::Format;
 use crate::StackArgs;
 

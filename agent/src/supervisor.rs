@@ -19,6 +19,7 @@ use crate::driver::Driver;
 use crate::driver::DriverError;
 use crate::driver::Observed;
 use crate::driver::TaskRun;
+use crate::files::TaskFiles;
 use crate::machine;
 use crate::machine::Action;
 
@@ -46,6 +47,8 @@ pub struct Supervisor {
     reports: mpsc::UnboundedSender<StatusUpdate>,
     /// Wakes a task's loop: a driver event for it arrived.
     wake: Mutex<HashMap<String, Arc<tokio::sync::Notify>>>,
+    /// The secret and config contents delivered to this node, and the tasks' files (None: this node takes none).
+    files: Option<Arc<TaskFiles>>,
 }
 
 fn now_millis() -> u64 {
@@ -62,6 +65,26 @@ impl Supervisor {
         drivers: Vec<Arc<dyn Driver>>,
         reports: mpsc::UnboundedSender<StatusUpdate>,
     ) -> Arc<Supervisor> {
+        Supervisor::build(node_id, drivers, reports, None)
+    }
+
+    /// Like [`Supervisor::new`], for a node that takes secrets and configs: their contents are kept in `files` and
+    /// written for each task that uses them.
+    pub fn with_files(
+        node_id: &str,
+        drivers: Vec<Arc<dyn Driver>>,
+        reports: mpsc::UnboundedSender<StatusUpdate>,
+        files: Arc<TaskFiles>,
+    ) -> Arc<Supervisor> {
+        Supervisor::build(node_id, drivers, reports, Some(files))
+    }
+
+    fn build(
+        node_id: &str,
+        drivers: Vec<Arc<dyn Driver>>,
+        reports: mpsc::UnboundedSender<StatusUpdate>,
+        files: Option<Arc<TaskFiles>>,
+    ) -> Arc<Supervisor> {
         let drivers = drivers.into_iter().map(|d| (d.name().to_string(), d)).collect();
         let supervisor = Arc::new(Supervisor {
             node_id: node_id.to_string(),
@@ -69,6 +92,7 @@ impl Supervisor {
             tasks: Mutex::new(HashMap::new()),
             reports,
             wake: Mutex::new(HashMap::new()),
+            files,
         });
         for driver in supervisor.drivers.values() {
             tokio::spawn(forward_events(Arc::downgrade(&supervisor), driver.clone()));
@@ -78,6 +102,11 @@ impl Supervisor {
 
     pub fn driver(&self, name: &str) -> Option<Arc<dyn Driver>> {
         self.drivers.get(name).cloned()
+    }
+
+    /// The node's secret and config contents and files, when it takes them.
+    pub fn files(&self) -> Option<&Arc<TaskFiles>> {
+        self.files.as_ref()
     }
 
     /// The driver names this node can run now (the docker driver only while its engine answers).
@@ -149,6 +178,9 @@ impl Supervisor {
                 }
             }
         }
+        if let Some(files) = &self.files {
+            files.retain(&self.task_ids().into_iter().collect());
+        }
     }
 
     /// A new or changed assignment.
@@ -197,7 +229,28 @@ impl Supervisor {
         });
     }
 
-    fn run_for(&self, task: &Task) -> TaskRun {
+    /// What the driver needs to prepare `task`, its secret and config files written first.
+    fn run_for(&self, task: &Task) -> Result<TaskRun, DriverError> {
+        let mut run = self.run_without_files(task);
+        if task.spec.secrets.is_empty() && task.spec.configs.is_empty() {
+            return Ok(run);
+        }
+        let Some(files) = &self.files else {
+            return Err(DriverError::Rejected(format!(
+                "node {} takes no secrets or configs (its agent runs without a task files directory)",
+                self.node_id
+            )));
+        };
+        let written = files.write(task, &self.node_id)?;
+        run.files = written.files;
+        if task.spec.driver == swarm_specs::spec::Driver::Process {
+            // A process has no mount namespace: it reads its files where they are.
+            run.env.extend(written.env);
+        }
+        Ok(run)
+    }
+
+    fn run_without_files(&self, task: &Task) -> TaskRun {
         let mut env = BTreeMap::new();
         env.insert("SWARM_TASK_ID".to_string(), task.id.clone());
         env.insert("SWARM_SERVICE_NAME".to_string(), task.service.clone());
@@ -220,6 +273,7 @@ impl Supervisor {
             env,
             ports: task.ports.clone(),
             networks: task.networks.clone(),
+            files: Vec::new(),
         }
     }
 
@@ -267,6 +321,7 @@ impl Supervisor {
                         }
                     }
                 }
+                self.remove_files(&id);
                 self.forget(&id);
                 return;
             }
@@ -289,7 +344,10 @@ impl Supervisor {
             let acted: Result<(), DriverError> = match step.action {
                 Action::Wait => Ok(()),
                 Action::Report => Ok(()),
-                Action::Prepare => driver.prepare(&self.run_for(&task)).await,
+                Action::Prepare => match self.run_for(&task) {
+                    Ok(run) => driver.prepare(&run).await,
+                    Err(e) => Err(e),
+                },
                 Action::Start => driver.start(&id).await,
                 Action::Stop => {
                     let grace = Duration::from_millis(task.spec.stop_grace_period_ms);
@@ -310,6 +368,10 @@ impl Supervisor {
                     }
                 }
                 (Ok(()), None) if step.action == Action::Wait => {
+                    if current.state.is_terminal() {
+                        // It stopped for good (a new task replaces it, never this one again): its files go.
+                        self.remove_files(&id);
+                    }
                     wait_change(&mut task_rx, &mut gone_rx, &notify).await;
                 }
                 (Ok(()), None) => {}
@@ -328,6 +390,12 @@ impl Supervisor {
                     wait_change(&mut task_rx, &mut gone_rx, &notify).await;
                 }
             }
+        }
+    }
+
+    fn remove_files(&self, task_id: &str) {
+        if let Some(files) = &self.files {
+            files.remove(task_id);
         }
     }
 

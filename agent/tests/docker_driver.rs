@@ -718,6 +718,7 @@ mod support {
                 env: BTreeMap::from([("SWARM_TASK_ID".into(), task_id)]),
                 ports: Vec::new(),
                 networks: Vec::new(),
+                files: Vec::new(),
             }
         }
 

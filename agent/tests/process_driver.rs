@@ -201,6 +201,7 @@ fn task(task_id: &str, argv: &[&str]) -> TaskRun {
         env: BTreeMap::from([("SWARM_TASK_ID".to_string(), task_id.to_string())]),
         ports: Vec::new(),
         networks: Vec::new(),
+        files: Vec::new(),
     }
 }
 

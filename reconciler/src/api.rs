@@ -99,6 +99,7 @@ pub fn cluster_router(daemon: Arc<Daemon>) -> Router {
         .route("/v1/dispatcher/session", get(dispatcher_session))
         .route("/v1/dispatcher/status", post(dispatcher_status))
         .route("/v1/dispatcher/logs/{request}", post(dispatcher_logs))
+        .merge(crate::secrets::routes::cluster_routes())
         .merge(operator_routes(daemon.clone()))
         .with_state(daemon)
 }
@@ -111,6 +112,7 @@ pub fn local_router(daemon: Arc<Daemon>) -> Router {
         .route("/v1/init", post(init))
         .route("/v1/join-cluster", post(join))
         .route("/v1/leave-cluster", post(leave))
+        .merge(crate::secrets::routes::local_routes())
         .merge(operator_routes(daemon.clone()))
         .with_state(daemon)
 }
@@ -123,8 +125,16 @@ async fn on_leader(
     next: axum::middleware::Next,
 ) -> Response {
     const FORWARDED: &str = "x-swarm-forwarded";
+    // Only an operator's request is passed on: it reaches the leader with this manager's certificate, which the
+    // leader trusts as an operator. Anyone else's is answered here (refused, or a webhook checked by its secret).
+    let from_operator = request.extensions().get::<LocalClient>().is_some()
+        || request
+            .extensions()
+            .get::<Option<PeerIdentity>>()
+            .is_some_and(|p| p.as_ref().is_some_and(|p| p.role == Role::Manager));
     let leader = d
         .manager()
+        .filter(|_| from_operator)
         .filter(|m| !m.is_leader() && !request.headers().contains_key(FORWARDED))
         .and_then(|m| m.leader().map(|(_, peer)| (m, peer)));
     let Some((m, leader)) = leader else {
@@ -174,6 +184,8 @@ fn operator_routes(daemon: Arc<Daemon>) -> Router<Arc<Daemon>> {
         .route("/v1/tasks", get(list_tasks).post(put_tasks))
         .route("/v1/tasks/{id}/logs", get(task_logs))
         .merge(crate::routes::routes())
+        .merge(crate::gitops::routes::routes())
+        .merge(crate::secrets::routes::routes())
         .route_layer(axum::middleware::from_fn_with_state(daemon, on_leader))
 }
 

@@ -110,11 +110,16 @@ pub struct Daemon {
     manager: RwLock<Option<Arc<Manager>>>,
     /// The leader's dispatcher (managers only; it answers only while this manager leads).
     dispatcher: RwLock<Option<Arc<Dispatcher>>>,
+    /// The GitOps loop (managers only; it syncs only while this manager leads).
+    gitops: RwLock<Option<Arc<crate::gitops::run::GitOps>>>,
     /// The node's tasks: lives from joining to leaving, across role changes, so tasks never restart with them.
     agent: std::sync::Mutex<Option<Agent>>,
     /// Where the leader was last seen, to open the session there directly.
     leader_hint: Arc<std::sync::Mutex<Option<String>>>,
     client: PeerClient,
+    /// The cluster's secrets key as this manager holds it (`<data>/secrets`); survives role restarts, so an unlocked
+    /// manager stays unlocked.
+    keyring: Arc<crate::secrets::Keyring>,
 }
 
 /// The node's task runner and the loop reporting its status changes.
@@ -162,16 +167,24 @@ impl Daemon {
             .map_err(|e| DaemonError::io(&format!("cannot create {}", options.data_dir.display()), e))?;
         let state: Option<NodeState> = read_json(&options.data_dir.join("node.json"));
         let client = PeerClient::new(reqwest::Client::new());
+        let keyring = Arc::new(crate::secrets::Keyring::new(options.data_dir.join("secrets")));
         Ok(Arc::new(Daemon {
             options,
             state: RwLock::new(state),
             running: tokio::sync::Mutex::new(None),
             manager: RwLock::new(None),
             dispatcher: RwLock::new(None),
+            gitops: RwLock::new(None),
             agent: std::sync::Mutex::new(None),
             leader_hint: Arc::new(std::sync::Mutex::new(None)),
             client,
+            keyring,
         }))
+    }
+
+    /// This node's copy of the cluster's secrets key (managers only hold one).
+    pub fn keyring(&self) -> &Arc<crate::secrets::Keyring> {
+        &self.keyring
     }
 
     pub fn state(&self) -> Option<NodeState> {
@@ -180,6 +193,10 @@ impl Daemon {
 
     pub fn dispatcher(&self) -> Option<Arc<Dispatcher>> {
         self.dispatcher.read().ok().and_then(|d| d.clone())
+    }
+
+    pub fn gitops(&self) -> Option<Arc<crate::gitops::run::GitOps>> {
+        self.gitops.read().ok().and_then(|g| g.clone())
     }
 
     pub fn supervisor(&self) -> Option<Arc<Supervisor>> {
@@ -217,7 +234,10 @@ impl Daemon {
             )));
         }
         let (reports, updates) = tokio::sync::mpsc::unbounded_channel();
-        let supervisor = Supervisor::new(&state.node_id, drivers, reports);
+        let files = Arc::new(swarm_agent::files::TaskFiles::new(
+            self.options.data_dir.join("task-files"),
+        ));
+        let supervisor = Supervisor::with_files(&state.node_id, drivers, reports, files);
         let (stop, stop_rx) = watch::channel(false);
         let managers = self.managers_source();
         tokio::spawn(crate::node_agent::run_reporter(
@@ -311,7 +331,7 @@ impl Daemon {
         self: &'a Arc<Self>,
         state: &'a NodeState,
         certs: &'a Certs,
-        init: Option<Cluster>,
+        init: Option<(Cluster, store::Op)>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), DaemonError>> + Send + 'a>> {
         Box::pin(async move {
             let mut running = self.running.lock().await;
@@ -323,11 +343,16 @@ impl Daemon {
             let mut server_cert = None;
             let mut manager = None;
             if state.role == Role::Manager {
+                if let Err(e) = self.keyring.load() {
+                    // Secrets cannot be used until this is fixed; everything else can.
+                    tracing::error!("{e}");
+                }
                 let m = Manager::start(
                     &self.raft_dir(),
                     state.raft_id,
                     &state.node_id,
                     self.client.clone(),
+                    self.keyring.clone(),
                     self.options.manager.clone(),
                 )
                 .await?;
@@ -348,7 +373,7 @@ impl Daemon {
                         tracing::error!("manager API stopped: {e}");
                     }
                 }));
-                if let Some(cluster) = init {
+                if let Some((cluster, key_info)) = init {
                     let me = Peer {
                         addr: state.advertise_addr.clone(),
                         node_id: state.node_id.clone(),
@@ -357,12 +382,23 @@ impl Daemon {
                     let node = self.own_node(state);
                     m.write(Request {
                         guards: vec![],
-                        ops: vec![store::put(&cluster), store::put(&node)],
+                        ops: vec![store::put(&cluster), store::put(&node), key_info],
                     })
                     .await?;
                 }
                 tasks.push(tokio::spawn(m.clone().run_leader_duties(stop_rx.clone())));
                 tasks.push(tokio::spawn(crate::orchestrator::run::run(m.clone(), stop_rx.clone())));
+                tasks.push(tokio::spawn(crate::secrets::run(m.clone(), stop_rx.clone())));
+                let (gitops, gitops_task) = crate::gitops::run::GitOps::start(
+                    m.clone(),
+                    self.options.data_dir.join("gitops"),
+                    Arc::new(now_millis),
+                    stop_rx.clone(),
+                );
+                tasks.push(gitops_task);
+                if let Ok(mut slot) = self.gitops.write() {
+                    *slot = Some(gitops);
+                }
                 server_cert = Some(cert);
                 manager = Some(m);
             }
@@ -410,6 +446,9 @@ impl Daemon {
             *slot = None;
         }
         if let Ok(mut slot) = self.dispatcher.write() {
+            *slot = None;
+        }
+        if let Ok(mut slot) = self.gitops.write() {
             *slot = None;
         }
     }
@@ -496,6 +535,9 @@ impl Daemon {
             managers: vec![advertise_addr.clone()],
         };
         let _ = std::fs::remove_dir_all(self.raft_dir());
+        self.keyring.forget();
+        let (key_info, unlock_key) = crate::secrets::initialize(&self.keyring, req.autolock)
+            .map_err(|e| DaemonError::io("cannot create the cluster's secrets key", e))?;
         self.save_certs(&certs)?;
         self.use_certs(&certs)?;
         self.save_state(Some(state.clone()))?;
@@ -504,14 +546,16 @@ impl Daemon {
             secret: cluster.worker_secret.clone(),
         }
         .to_string();
-        if let Err(e) = self.start_role(&state, &certs, Some(cluster)).await {
+        if let Err(e) = self.start_role(&state, &certs, Some((cluster, key_info))).await {
             let _ = self.save_state(None);
+            self.keyring.forget();
             return Err(e);
         }
         Ok(InitResponse {
             node_id,
             worker_token,
             advertise_addr,
+            unlock_key: unlock_key.map(|k| k.reveal()),
         })
     }
 
@@ -588,6 +632,7 @@ impl Daemon {
             }
             .to_string(),
             advertise_addr: state.advertise_addr,
+            unlock_key: None,
         })
     }
 
@@ -667,6 +712,8 @@ impl Daemon {
         self.save_certs(&certs)?;
         self.use_certs(&certs)?;
         let _ = std::fs::remove_dir_all(self.raft_dir());
+        // A key of an earlier swarm is worthless here; a manager gets this one's from another manager.
+        self.keyring.forget();
         self.save_state(Some(state.clone()))?;
         self.start_role(&state, &certs, None).await?;
         if state.role == Role::Manager {
@@ -717,6 +764,8 @@ impl Daemon {
         state.role = role;
         if role == Role::Worker {
             let _ = std::fs::remove_dir_all(self.raft_dir());
+            // Workers never hold the secrets key.
+            self.keyring.forget();
         }
         self.save_state(Some(state.clone()))?;
         let me = self.clone();
@@ -834,6 +883,7 @@ impl Daemon {
         self.stop_agent().await;
         self.save_state(None)?;
         let _ = std::fs::remove_dir_all(self.raft_dir());
+        self.keyring.forget();
         let _ = std::fs::remove_dir_all(self.tls_dir());
         let _ = std::fs::create_dir_all(self.tls_dir());
         Ok(())

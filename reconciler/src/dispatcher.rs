@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 
 use crate::manager::Manager;
 use crate::manager::ManagerError;
+use crate::secrets::delivery::Delivery;
 use crate::store;
 use crate::store::Object;
 
@@ -48,6 +49,15 @@ pub enum SessionMessage {
     /// These tasks are no longer assigned to the node.
     Removed {
         task_ids: Vec<String>,
+    },
+    /// Contents of secrets and configs the node's tasks use, sent before those tasks (`Debug` hides the data; never
+    /// logged). Inside a complete set, the node drops what the set does not send again.
+    Files {
+        files: Vec<swarm_agent::files::FilePayload>,
+    },
+    /// No task of the node needs these any more.
+    ForgetFiles {
+        files: Vec<swarm_agent::files::FileKey>,
     },
     /// Send this task's logs to `/v1/dispatcher/logs/{request}`.
     Logs {
@@ -207,10 +217,12 @@ fn assigned_to(task: &Task, node_id: &str) -> bool {
 }
 
 async fn send_full(
-    sm: &store::StateMachineStore,
+    m: &Manager,
     node_id: &str,
     tx: &mpsc::Sender<SessionMessage>,
+    delivery: &mut Delivery,
 ) -> Option<(u64, HashSet<String>)> {
+    let sm = &m.sm;
     let (revision, rows) = sm.list_with_revision(Task::TABLE);
     let mine: Vec<Task> = rows
         .into_iter()
@@ -219,6 +231,13 @@ async fn send_full(
         .collect();
     let ids = mine.iter().map(|t| t.id.clone()).collect();
     tx.send(SessionMessage::Begin).await.ok()?;
+    // The node keeps only what a complete set sends again: start from nothing sent.
+    *delivery = Delivery::default();
+    mine.iter().for_each(|t| delivery.track(t));
+    let files = delivery.next(sm, &m.keyring, node_id).send;
+    if !files.is_empty() {
+        tx.send(SessionMessage::Files { files }).await.ok()?;
+    }
     for chunk in mine.chunks(MAX_TASKS_PER_MESSAGE) {
         tx.send(SessionMessage::Tasks { tasks: chunk.to_vec() }).await.ok()?;
     }
@@ -229,7 +248,8 @@ async fn send_full(
 async fn run_session(d: Arc<Dispatcher>, node_id: String, tx: mpsc::Sender<SessionMessage>) {
     let sm = d.manager.sm.clone();
     let mut watch = sm.subscribe();
-    let Some((mut revision, mut mine)) = send_full(&sm, &node_id, &tx).await else {
+    let mut delivery = Delivery::default();
+    let Some((mut revision, mut mine)) = send_full(&d.manager, &node_id, &tx, &mut delivery).await else {
         d.end_session(&node_id, &tx);
         return;
     };
@@ -246,7 +266,7 @@ async fn run_session(d: Arc<Dispatcher>, node_id: String, tx: mpsc::Sender<Sessi
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                         // Missed changes: resend the whole set.
                         watch = sm.subscribe();
-                        match send_full(&sm, &node_id, &tx).await {
+                        match send_full(&d.manager, &node_id, &tx, &mut delivery).await {
                             Some((r, ids)) => { revision = r; mine = ids; continue; }
                             None => break,
                         }
@@ -261,16 +281,28 @@ async fn run_session(d: Arc<Dispatcher>, node_id: String, tx: mpsc::Sender<Sessi
                     match task {
                         Some(t) if assigned_to(&t, &node_id) => {
                             mine.insert(t.id.clone());
+                            delivery.track(&t);
                             changed.push(t);
                         }
-                        _ if mine.remove(&change.key) => removed.push(change.key.clone()),
+                        _ if mine.remove(&change.key) => {
+                            delivery.untrack(&change.key);
+                            removed.push(change.key.clone());
+                        }
                         _ => {}
                     }
+                }
+                // Contents first, so a task never arrives before what it needs.
+                let files = delivery.next(&sm, &d.manager.keyring, &node_id);
+                if !files.send.is_empty() && tx.send(SessionMessage::Files { files: files.send }).await.is_err() {
+                    break;
                 }
                 for chunk in changed.chunks(MAX_TASKS_PER_MESSAGE) {
                     if tx.send(SessionMessage::Tasks { tasks: chunk.to_vec() }).await.is_err() { break; }
                 }
                 if !removed.is_empty() && tx.send(SessionMessage::Removed { task_ids: removed }).await.is_err() {
+                    break;
+                }
+                if !files.forget.is_empty() && tx.send(SessionMessage::ForgetFiles { files: files.forget }).await.is_err() {
                     break;
                 }
             }

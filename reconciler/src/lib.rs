@@ -11,13 +11,17 @@
 //! - [`dispatcher`] (leader) sends each node its tasks and batches their status reports into Raft;
 //!   [`node_agent`] is the node's end of that session, feeding the agent's supervisor;
 //! - [`objects`] are services and stacks; [`orchestrator`] (leader) turns services into tasks and places them with
-//!   [`scheduler`].
+//!   [`scheduler`]; [`stacks`] plans and applies stacks against the live cluster;
+//! - [`secrets`]: secrets sealed with the cluster's key before they enter the log, configs, their delivery to the
+//!   nodes that need them, autolock;
+//! - [`gitops`] (leader) follows git repositories and keeps the stacks they hold applied.
 
 pub mod api;
 pub mod ca;
 pub mod cluster;
 pub mod daemon;
 pub mod dispatcher;
+pub mod gitops;
 pub mod manager;
 pub mod node_agent;
 pub mod objects;
@@ -26,6 +30,7 @@ pub mod plan;
 pub mod raftnet;
 pub mod routes;
 pub mod scheduler;
+pub mod secrets;
 pub mod stacks;
 pub mod store;
 pub mod tls;

@@ -75,6 +75,9 @@ pub struct Manager {
     pub raft_id: NodeId,
     pub node_id: String,
     pub client: PeerClient,
+    /// This manager's copy of the cluster's secrets key (see [`crate::secrets`]); kept by the daemon across role
+    /// changes, so an unlocked manager stays unlocked.
+    pub keyring: Arc<crate::secrets::Keyring>,
     config: ManagerConfig,
     /// Leader only: when each node was last heard from. Not replicated (rule 1's exception).
     /// Each entry: when the beat arrived and the heartbeat period in force then (the node's deadline follows it,
@@ -91,6 +94,7 @@ impl Manager {
         raft_id: NodeId,
         node_id: &str,
         client: PeerClient,
+        keyring: Arc<crate::secrets::Keyring>,
         config: ManagerConfig,
     ) -> Result<Arc<Manager>, ManagerError> {
         let stores = store::open(dir).map_err(|e| ManagerError::Store(e.to_string()))?;
@@ -112,6 +116,7 @@ impl Manager {
             raft_id,
             node_id: node_id.to_string(),
             client,
+            keyring,
             config,
             heartbeats: Mutex::new(HashMap::new()),
             leader_since: Mutex::new(None),

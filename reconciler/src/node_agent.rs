@@ -107,15 +107,40 @@ async fn one_session(
             let line: Vec<u8> = buffer.drain(..=end).collect();
             let message: SessionMessage = match serde_json::from_slice(&line) {
                 Ok(m) => m,
-                Err(e) => return Err(format!("bad session message: {e}")),
+                // Only where and what kind: the text of a serde error can quote the line (secret contents, maybe).
+                Err(e) => {
+                    return Err(format!(
+                        "bad session message ({:?} error at column {})",
+                        e.classify(),
+                        e.column()
+                    ))
+                }
             };
             match message {
-                SessionMessage::Begin => full = Some(Vec::new()),
+                SessionMessage::Begin => {
+                    if let Some(files) = supervisor.files() {
+                        files.begin_full();
+                    }
+                    full = Some(Vec::new());
+                }
+                SessionMessage::Files { files } => {
+                    if let Some(store) = supervisor.files() {
+                        store.put(files);
+                    }
+                }
+                SessionMessage::ForgetFiles { files } => {
+                    if let Some(store) = supervisor.files() {
+                        store.forget(&files);
+                    }
+                }
                 SessionMessage::Tasks { tasks } => match full.as_mut() {
                     Some(set) => set.extend(tasks),
                     None => tasks.into_iter().for_each(|t| supervisor.assign(t)),
                 },
                 SessionMessage::End => {
+                    if let Some(files) = supervisor.files() {
+                        files.end_full();
+                    }
                     if let Some(set) = full.take() {
                         supervisor.assign_all(set);
                     }

@@ -40,6 +40,7 @@ use crate::store::Guard;
 use crate::store::Object;
 use crate::store::Request;
 use crate::store::Response as WriteResponse;
+use crate::tls::PeerIdentity;
 use crate::wire::Empty;
 
 /// A service with how far it got, as `service ls` shows it.
@@ -73,12 +74,14 @@ pub fn routes() -> Router<Arc<Daemon>> {
         .route("/v1/services", get(list_services).post(create_service))
         .route("/v1/services/{name}", get(inspect_service).delete(remove_service))
         .route("/v1/services/{name}/update", post(update_service))
+        .route("/v1/services/{name}/rollback", post(rollback_service))
         .route("/v1/services/{name}/logs", get(service_logs))
         .route("/v1/stacks", get(list_stacks))
         .route("/v1/stacks/{name}", get(inspect_stack).delete(remove_stack))
         .route("/v1/stacks/{name}/history", get(stack_history))
         .route("/v1/stacks/{name}/plan", post(plan_stack))
         .route("/v1/stacks/{name}/apply", post(apply_stack))
+        .route("/v1/stacks/{name}/rollback", post(rollback_stack))
 }
 
 fn services_with_revisions(m: &Manager) -> Vec<(Service, u64)> {
@@ -230,6 +233,36 @@ async fn update_service(
             service.name()
         ))),
         _ => Ok(Json(updated)),
+    }
+}
+
+/// `POST /v1/services/{name}/rollback`: back to the previous spec, following `rollback_config`
+/// (`docker service rollback`).
+async fn rollback_service(
+    State(d): State<Arc<Daemon>>,
+    Extension(peer): Peer,
+    local: Local,
+    Path(name): Path<String>,
+) -> ApiResult<Service> {
+    operator(&peer, &local)?;
+    let m = d.require_manager()?;
+    let (service, revision) = resolve(&m, &name)?;
+    let Some(rolled_back) = service.rolled_back("manually requested rollback", now_millis()) else {
+        return Err(DaemonError::Refused(format!(
+            "service {} has no previous spec to roll back to (it was never updated)",
+            service.name()
+        )));
+    };
+    let request = Request {
+        guards: vec![guard(Service::TABLE, service.name(), revision)],
+        ops: vec![store::put(&rolled_back)],
+    };
+    match m.write(request).await? {
+        WriteResponse::GuardFailed { .. } => Err(DaemonError::Refused(format!(
+            "service {} changed while it was being rolled back; run the command again",
+            service.name()
+        ))),
+        _ => Ok(Json(rolled_back)),
     }
 }
 
@@ -411,50 +444,79 @@ async fn apply_stack(
         check_spec(spec)?;
     }
     let m = d.require_manager()?;
-    let by = match (&local, &peer) {
+    Ok(Json(apply_request(&m, &req, &caller(&m, &peer, &local)).await?))
+}
+
+/// Who called, for the stack history: the operator's node, or this node's local socket.
+fn caller(m: &Manager, peer: &Option<PeerIdentity>, local: &Local) -> String {
+    match (local, peer) {
         (Some(_), _) => format!("{} (local socket)", m.node_id),
         (None, Some(p)) => p.node_id.clone(),
         (None, None) => "unknown".to_string(),
-    };
-    // Concurrent applies of one stack: the guard on the stack record lets one win; the other reads again.
-    for _ in 0..3 {
-        let current = stacks::current(&m.sm, &name);
-        let others = stacks::Others::read(&m.sm, &current);
-        let last = stacks::last_revision(&m.sm, &name);
-        let write = stacks::apply_write(
-            &req.spec,
-            &current,
-            last,
-            &others,
-            &req,
-            &by,
-            now_millis(),
-            &mut crate::ca::new_id,
-        )
-        .map_err(|e| DaemonError::Refused(e.to_string()))?;
-        let Some(request) = write.request else {
-            return Ok(Json(stacks::ApplyResponse {
-                revision: write.revision,
-                changed: false,
-                plan: write.plan,
-                services: write.services,
-            }));
-        };
-        match m.write(request).await? {
-            WriteResponse::GuardFailed { .. } => continue,
-            _ => {
-                return Ok(Json(stacks::ApplyResponse {
-                    revision: write.revision,
-                    changed: true,
-                    plan: write.plan,
-                    services: write.services,
-                }))
-            }
-        }
     }
-    Err(DaemonError::Refused(format!(
-        "stack {name} kept changing while it was applied; run the command again"
-    )))
+}
+
+/// Applies a stack spec as one guarded write (what `swarm apply`, `stack rollback` and a git source do).
+pub(crate) async fn apply_request(
+    m: &Manager,
+    req: &stacks::ApplyRequest,
+    by: &str,
+) -> Result<stacks::ApplyResponse, DaemonError> {
+    // Concurrent applies of one stack: the guard on the stack record lets one win; the other reads again
+    // (stacks::apply_live, shared with the GitOps sync).
+    match stacks::apply_live(m, req, by, now_millis(), false).await {
+        Ok(response) => Ok(response),
+        Err(stacks::ApplyLiveError::Manager(e)) => Err(DaemonError::Manager(e)),
+        Err(e) => Err(DaemonError::Refused(e.to_string())),
+    }
+}
+
+/// `POST /v1/stacks/{name}/rollback`: which revision to go back to (default: the one before the current).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StackRollback {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<u64>,
+}
+
+/// Applies an earlier revision's spec as a new revision (history stays append-only, as `nomad job revert` does),
+/// pruning what that revision did not have.
+async fn rollback_stack(
+    State(d): State<Arc<Daemon>>,
+    Extension(peer): Peer,
+    local: Local,
+    Path(name): Path<String>,
+    Json(req): Json<StackRollback>,
+) -> ApiResult<stacks::ApplyResponse> {
+    operator(&peer, &local)?;
+    let m = d.require_manager()?;
+    let history = stacks::history(&m.sm, &name);
+    let Some(latest) = history.last() else {
+        return Err(DaemonError::NotFound(format!("stack {name} has no history")));
+    };
+    let target = match req.to {
+        Some(to) => to,
+        None if latest.revision > 1 => latest.revision - 1,
+        None => {
+            return Err(DaemonError::Refused(format!(
+                "stack {name} has only revision 1: there is nothing to roll back to"
+            )))
+        }
+    };
+    let Some(revision) = history.iter().find(|r| r.revision == target) else {
+        let known: Vec<String> = history.iter().map(|r| r.revision.to_string()).collect();
+        return Err(DaemonError::NotFound(format!(
+            "stack {name} has no revision {target} (it has {}); see `swarm stack history {name}`",
+            known.join(", ")
+        )));
+    };
+    let apply = stacks::ApplyRequest {
+        spec: revision.spec.clone(),
+        expected_revision: None,
+        prune: true,
+        source: format!("rollback to revision {target} ({})", revision.source),
+        secret_data: Default::default(),
+    };
+    Ok(Json(apply_request(&m, &apply, &caller(&m, &peer, &local)).await?))
 }
 
 async fn remove_stack(

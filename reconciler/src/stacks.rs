@@ -21,6 +21,8 @@ use swarm_specs::task::TaskState;
 use swarm_specs::task::TaskStatus;
 
 use crate::cluster::Node;
+use crate::manager::Manager;
+use crate::manager::ManagerError;
 use crate::objects::Service;
 use crate::objects::Stack;
 use crate::objects::StackRevision;
@@ -66,6 +68,10 @@ pub struct ApplyRequest {
     /// Where the spec came from (`file sha256:…`, `git …`).
     #[serde(default)]
     pub source: String,
+    /// The content of the stack's new or rotated secrets (`SecretSpec::data` is never serialized), checked against
+    /// their digests and sealed by the manager before anything is written. Never echoed in answers or errors.
+    #[serde(default, skip_serializing_if = "crate::secrets::SecretPayloads::is_empty")]
+    pub secret_data: crate::secrets::SecretPayloads,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -168,12 +174,6 @@ pub fn notices(desired: &StackSpec) -> Vec<String> {
              the tasks on one node (cross-host overlay and virtual IPs are not built yet)"
                 .to_string(),
         );
-    }
-    if !desired.secrets.is_empty() {
-        out.push("secrets are recorded but their content is not delivered to tasks yet".to_string());
-    }
-    if !desired.configs.is_empty() {
-        out.push("configs are recorded but their content is not delivered to tasks yet".to_string());
     }
     out
 }
@@ -348,7 +348,16 @@ pub fn apply_write(
     for (name, secret) in &desired.secrets {
         if secret.source == ContentSource::External && !others.secrets.contains_key(name) {
             return Err(ApplyError::Invalid(format!(
-                "secret {name} is declared external but does not exist in the cluster; create it first"
+                "secret {name} is declared external but does not exist in the cluster; create it first \
+                 (`swarm secret create {name} FILE`)"
+            )));
+        }
+    }
+    for (name, config) in &desired.configs {
+        if config.source == ContentSource::External && !others.configs.contains_key(name) {
+            return Err(ApplyError::Invalid(format!(
+                "config {name} is declared external but does not exist in the cluster; create it first \
+                 (`swarm config create {name} FILE`)"
             )));
         }
     }
@@ -401,7 +410,17 @@ pub fn apply_write(
     put_objects(&mut ops, &desired.volumes, &current.spec.volumes, |v: &VolumeSpec| {
         v.external
     });
-    put_objects(&mut ops, &desired.secrets, &current.spec.secrets, |s: &SecretSpec| {
+    // Compared without their content, which the stored specs never carry (it is sealed apart).
+    let secrets: BTreeMap<String, SecretSpec> = desired
+        .secrets
+        .iter()
+        .map(|(name, s)| {
+            let mut s = s.clone();
+            s.data = Default::default();
+            (name.clone(), s)
+        })
+        .collect();
+    put_objects(&mut ops, &secrets, &current.spec.secrets, |s: &SecretSpec| {
         s.source == ContentSource::External
     });
     put_objects(&mut ops, &desired.configs, &current.spec.configs, |c: &ConfigSpec| {
@@ -424,12 +443,9 @@ pub fn apply_write(
     delete_missing::<VolumeSpec>(&mut ops, &desired.volumes, &current.spec.volumes, request.prune, |v| {
         v.external
     });
-    delete_missing::<SecretSpec>(&mut ops, &desired.secrets, &current.spec.secrets, true, |s| {
-        s.source == ContentSource::External
-    });
-    delete_missing::<ConfigSpec>(&mut ops, &desired.configs, &current.spec.configs, true, |c| {
-        c.source == ContentSource::External
-    });
+    // Secrets and configs the stack no longer has (rotated away, or dropped) are not deleted here: tasks that
+    // still run may need them again (a restart before the rollout reaches them, a rollback). The leader removes
+    // them once nothing uses them (`secrets::orphans`).
     let changed = !ops.is_empty() || current.stack.is_none();
     if !changed {
         return Ok(ApplyWrite {
@@ -484,12 +500,86 @@ pub fn apply_write(
     })
 }
 
+/// Why [`apply_live`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyLiveError {
+    /// Refused as it stands (stale plan, a name clash): nothing was written.
+    #[error(transparent)]
+    Refused(#[from] ApplyError),
+    #[error(transparent)]
+    Manager(#[from] ManagerError),
+    #[error("stack {0} kept changing while it was applied; run the command again")]
+    Contended(String),
+}
+
+/// Applies `request` to the live cluster: reads the stack's current state, makes the write ([`apply_write`]) and
+/// commits it, reading again when a concurrent apply of the same stack won the guard (up to three times). The
+/// path of both `POST /v1/stacks/{name}/apply` and the GitOps sync. `leader_only`: commit with
+/// [`Manager::write_as_leader`] (a controller's decision is dropped once this manager no longer leads) instead
+/// of through whichever manager leads.
+pub async fn apply_live(
+    m: &Manager,
+    request: &ApplyRequest,
+    applied_by: &str,
+    now: u64,
+    leader_only: bool,
+) -> Result<ApplyResponse, ApplyLiveError> {
+    let name = &request.spec.name;
+    // The contents sent beside the spec, each checked against its digest.
+    let desired = crate::secrets::with_payloads(&request.spec, &request.secret_data)
+        .map_err(|e| ApplyLiveError::Refused(ApplyError::Invalid(e)))?;
+    for _ in 0..3 {
+        let current = current(&m.sm, name);
+        let others = Others::read(&m.sm, &current);
+        let last = last_revision(&m.sm, name);
+        let write = apply_write(
+            &desired,
+            &current,
+            last,
+            &others,
+            request,
+            applied_by,
+            now,
+            &mut crate::ca::new_id,
+        )?;
+        let Some(mut entry) = write.request else {
+            return Ok(ApplyResponse {
+                revision: write.revision,
+                changed: false,
+                plan: write.plan,
+                services: write.services,
+            });
+        };
+        // New secrets enter the log sealed, in this same entry.
+        let sealed = crate::secrets::apply_ops(&m.sm, &m.keyring, &desired, &entry.ops, now)
+            .map_err(|e| ApplyLiveError::Refused(ApplyError::Invalid(e)))?;
+        entry.ops.extend(sealed);
+        let response = if leader_only {
+            m.write_as_leader(entry).await?
+        } else {
+            m.write(entry).await?
+        };
+        if let store::Response::GuardFailed { .. } = response {
+            continue;
+        }
+        return Ok(ApplyResponse {
+            revision: write.revision,
+            changed: true,
+            plan: write.plan,
+            services: write.services,
+        });
+    }
+    Err(ApplyLiveError::Contended(name.clone()))
+}
+
 /// Objects outside the stack that an apply must not clash with.
 #[derive(Default)]
 pub struct Others {
     /// Services of other stacks (or none) by name, with their revision.
     pub services: BTreeMap<String, u64>,
     pub secrets: BTreeMap<String, ()>,
+    /// Configs in the store (for `external: true` references).
+    pub configs: BTreeMap<String, ()>,
 }
 
 impl Others {
@@ -504,6 +594,10 @@ impl Others {
             secrets: store::list::<SecretSpec>(sm)
                 .into_iter()
                 .map(|(s, _)| (s.name, ()))
+                .collect(),
+            configs: store::list::<ConfigSpec>(sm)
+                .into_iter()
+                .map(|(c, _)| (c.name, ()))
                 .collect(),
         }
     }
@@ -588,18 +682,14 @@ pub fn remove_ops(current: &Current) -> Vec<Op> {
             .filter(|v| !v.external)
             .map(|v| store::delete::<VolumeSpec>(&v.name)),
     );
-    ops.extend(
-        spec.secrets
-            .values()
-            .filter(|s| s.source != ContentSource::External)
-            .map(|s| store::delete::<SecretSpec>(&s.name)),
-    );
-    ops.extend(
-        spec.configs
-            .values()
-            .filter(|c| c.source != ContentSource::External)
-            .map(|c| store::delete::<ConfigSpec>(&c.name)),
-    );
+    for s in spec.secrets.values().filter(|s| s.source != ContentSource::External) {
+        ops.push(store::delete::<SecretSpec>(&s.name));
+        ops.push(store::delete::<crate::secrets::SealedSecret>(&s.name));
+    }
+    for c in spec.configs.values().filter(|c| c.source != ContentSource::External) {
+        ops.push(store::delete::<ConfigSpec>(&c.name));
+        ops.push(store::delete::<crate::secrets::ConfigMeta>(&c.name));
+    }
     if current.stack.is_some() {
         ops.push(store::delete::<Stack>(&spec.name));
     }
@@ -644,6 +734,7 @@ mod tests {
             expected_revision: None,
             prune: false,
             source: "test".into(),
+            secret_data: Default::default(),
         }
     }
 
@@ -765,6 +856,7 @@ mod tests {
         let others = Others {
             services: BTreeMap::from([("shop_new".to_string(), 3)]),
             secrets: BTreeMap::new(),
+            configs: BTreeMap::new(),
         };
         let v3 = stack(&[service("shop_web", 1), service("shop_new", 1)]);
         let err = apply_write(&v3, &state, 1, &others, &request(&v3), "me", 7, &mut ids())

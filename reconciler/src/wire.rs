@@ -22,6 +22,9 @@ pub struct InitRequest {
     pub listen_addr: Option<String>,
     #[serde(default)]
     pub force_new_cluster: bool,
+    /// Protect the managers' secrets key with an unlock key (`swarm unlock` after each restart).
+    #[serde(default)]
+    pub autolock: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -29,6 +32,9 @@ pub struct InitResponse {
     pub node_id: String,
     pub worker_token: String,
     pub advertise_addr: String,
+    /// With autolock: the unlock key, shown this once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unlock_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

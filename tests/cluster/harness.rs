@@ -415,6 +415,11 @@ impl Cluster {
         self.node(name).addr()
     }
 
+    /// The node's unix socket, for a test that runs a long-lived `swarm -H SOCKET ...` itself.
+    pub fn socket(&self, name: &str) -> PathBuf {
+        self.node(name).socket()
+    }
+
     /// POSTs `body` (JSON) to `path` on `manager`'s TLS port as the node `name`, with the certificate in its data
     /// directory (what its daemon presents), through `curl`. Returns the HTTP status and the body; `Err` when
     /// no HTTP answer came.
@@ -448,6 +453,48 @@ impl Cluster {
             _ => Err(format!(
                 "curl {path} as {name} on {manager}: {}\n{stdout}\n{stderr}",
                 output.status
+            )),
+        }
+    }
+
+    /// POSTs `body` to `path` on `manager`'s TLS port without a client certificate (as a CI system or a git host
+    /// calls a webhook), checking the server against the cluster's CA, with extra `headers` (`Name: value`).
+    /// Returns the HTTP status and the body; `Err` when no HTTP answer came.
+    pub fn post_anonymous(
+        &self,
+        manager: &str,
+        path: &str,
+        headers: &[String],
+        body: &str,
+    ) -> Result<(u16, String), String> {
+        let ca = self.node(manager).dir.path().join("data").join("tls").join("ca.pem");
+        let port = self.node(manager).port;
+        let mut command = Command::new("curl");
+        command
+            .arg("--silent")
+            .arg("--show-error")
+            .args(["--max-time", "10"])
+            .arg("--cacert")
+            .arg(ca)
+            .args(["--resolve", &format!("swarm-manager:{port}:127.0.0.1")])
+            .args(["--data-binary", body])
+            .args(["--write-out", "\n%{http_code}"]);
+        for header in headers {
+            command.args(["-H", header]);
+        }
+        let output = command
+            .arg(format!("https://swarm-manager:{port}{path}"))
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run curl: {e}"))?;
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        let (answer, code) = stdout.rsplit_once('\n').unwrap_or(("", stdout.as_str()));
+        match code.trim().parse::<u16>() {
+            Ok(code) if code != 0 && output.status.success() => Ok((code, answer.to_string())),
+            _ => Err(format!(
+                "curl {path} on {manager}: {}\n{stdout}\n{}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
             )),
         }
     }
@@ -758,7 +805,7 @@ impl Cluster {
 
 /// Kills the process-driver tasks of these nodes: they run in sessions of their own and outlive their daemon (so
 /// that an agent restart adopts them), so a test must end them itself. They carry `SWARM_NODE_ID` in their
-/// environment.
+/// environment. Their docker-driver containers go too (found by their node label).
 fn kill_tasks_of(node_ids: &[String]) {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return;
@@ -777,6 +824,25 @@ fn kill_tasks_of(node_ids: &[String]) {
         });
         if ours {
             let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+    }
+    for id in node_ids {
+        let listed = Command::new("docker")
+            .args(["ps", "-aq", "--filter", &format!("label=io.swarm.node.id={id}")])
+            .stderr(Stdio::null())
+            .output();
+        let Ok(listed) = listed else { continue };
+        let ids: Vec<String> = String::from_utf8_lossy(&listed.stdout)
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        if !ids.is_empty() {
+            let _ = Command::new("docker")
+                .args(["rm", "-f"])
+                .args(&ids)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
         }
     }
 }

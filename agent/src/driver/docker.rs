@@ -1173,6 +1173,19 @@ fn volume_labels(task: &TaskRun) -> HashMap<String, String> {
 }
 
 fn engine_mounts(task: &TaskRun) -> Result<Vec<EngineMount>, DriverError> {
+    let mut mounts = spec_mounts(task)?;
+    // Secrets and configs: each file, written by the agent on its tmpfs, bind-mounted read-only at its target.
+    mounts.extend(task.files.iter().map(|file| EngineMount {
+        typ: Some(EngineMountType::BIND),
+        source: Some(file.host_path.display().to_string()),
+        target: Some(file.target.clone()),
+        read_only: Some(true),
+        ..Default::default()
+    }));
+    Ok(mounts)
+}
+
+fn spec_mounts(task: &TaskRun) -> Result<Vec<EngineMount>, DriverError> {
     task.spec
         .mounts
         .iter()
@@ -1390,7 +1403,23 @@ mod tests {
             env: BTreeMap::from([("SWARM_TASK_ID".into(), "t1".into())]),
             ports: Vec::new(),
             networks: Vec::new(),
+            files: Vec::new(),
         }
+    }
+
+    #[test]
+    fn secret_and_config_files_are_bind_mounted_read_only_at_their_targets() {
+        let mut run = task(spec());
+        run.files = vec![crate::driver::MountedFile {
+            host_path: "/data/task-files/t1/secrets/db".into(),
+            target: "/run/secrets/db".into(),
+        }];
+        let mounts = engine_mounts(&run).unwrap();
+        let file = mounts.last().unwrap();
+        assert_eq!(file.typ, Some(EngineMountType::BIND));
+        assert_eq!(file.source.as_deref(), Some("/data/task-files/t1/secrets/db"));
+        assert_eq!(file.target.as_deref(), Some("/run/secrets/db"));
+        assert_eq!(file.read_only, Some(true));
     }
 
     #[test]

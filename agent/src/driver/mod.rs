@@ -39,6 +39,16 @@ pub struct TaskRun {
     pub ports: Vec<swarm_specs::spec::PortConfig>,
     /// The networks of `spec.networks` as the stack defines them (subnet, labels, options), when known.
     pub networks: Vec<swarm_specs::spec::NetworkSpec>,
+    /// The task's secret and config files, already written (see [`crate::files`]): the docker driver bind-mounts
+    /// each read-only at its target.
+    pub files: Vec<MountedFile>,
+}
+
+/// A secret or config file of a task: where the agent wrote it on the host, and its path in the task.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountedFile {
+    pub host_path: std::path::PathBuf,
+    pub target: String,
 }
 
 /// What a driver sees of a task's container or process right now.
