@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Services side by side with Docker Swarm mode on this machine's engine, in one run:
-#   create 50 replicas, recover a task whose container was removed (restart delay 0), scale up by 20
+#   create 50 replicas, recover a task whose container was removed (restart delay 0), scale up by 20, rolling
+#   update of 10 replicas with parallelism 1 and 5 (default update config otherwise: stop-first, monitor 5s, until
+#   the update status says completed)
 #   (ours and ../shared/tools/docker-swarm-baseline.sh, same image, same command, same polling),
 # and worker loss: a worker's daemon is killed, time until all its tasks run elsewhere (ours, process driver).
 #
@@ -33,13 +35,20 @@ on() { local n=$1; shift; "$SW" -H "$ROOT/$n/swarm.sock" "$@"; }
 replicas_are() { # node service want: polls `service ls` as the baseline polls `docker service ls`
   while [ "$(on "$1" service ls --filter "name=$2" | awk -v s="$2" '$2==s {print $4}')" != "$3/$3" ]; do sleep 0.1; done
 }
+update_done() { # node service: polls the update status as the baseline polls `docker service inspect`
+  while [ "$(on "$1" service inspect "$2" | python3 -c 'import json,sys; print(json.load(sys.stdin)[0].get("UpdateStatus",{}).get("State",""))')" != completed ]; do
+    sleep 0.2
+  done
+}
 cleanup() {
   for p in "${PIDS[@]}"; do kill -9 "$p" 2>/dev/null || true; done
   # process-driver tasks outlive their daemon (an agent restart adopts them): end them
   for e in /proc/[0-9]*/environ; do
     if grep -qz "^SWARM_SERVICE_NAME=bench_" "$e" 2>/dev/null; then kill -9 "$(basename "$(dirname "$e")")" 2>/dev/null || true; fi
   done
-  docker ps -aq --filter label=io.swarm.service.name=bench_a | xargs -r docker rm -f >/dev/null
+  for s in bench_a bench_u; do
+    docker ps -aq --filter label=io.swarm.service.name=$s | xargs -r docker rm -f >/dev/null
+  done
   [ -n "${KEEP:-}" ] || rm -rf "$ROOT"
 }
 trap cleanup EXIT
@@ -76,6 +85,17 @@ ours_scale=$(since "$t")
 on m1 service rm bench_a >/dev/null
 while [ -n "$(docker ps -aq --filter label=io.swarm.service.name=bench_a)" ]; do sleep 0.1; done
 
+on m1 service create --detach --quiet --name bench_u --replicas 10 swarm-bench/busybox:1 "${CMD[@]}" >/dev/null
+replicas_are m1 bench_u 10
+t=$(now); on m1 service update --detach --quiet --image swarm-bench/busybox:2 --update-parallelism 1 bench_u >/dev/null
+update_done m1 bench_u
+ours_p1=$(since "$t")
+t=$(now); on m1 service update --detach --quiet --image swarm-bench/busybox:1 --update-parallelism 5 bench_u >/dev/null
+update_done m1 bench_u
+ours_p5=$(since "$t")
+on m1 service rm bench_u >/dev/null
+while [ -n "$(docker ps -aq --filter label=io.swarm.service.name=bench_u)" ]; do sleep 0.1; done
+
 # --- worker loss: a manager and a worker on loopback, process driver, default heartbeat (1 s, grace 3) ---
 daemon w1 --no-docker
 token=$(on m1 join-token -q worker)
@@ -100,7 +120,7 @@ ours_loss=$(since "$t")
 # --- Docker Swarm on the same engine ---
 declare -A swarm
 if [ -x "$BASELINE" ] || [ -f "$BASELINE" ]; then
-  while read -r name secs; do swarm[$name]=$secs; done < <(bash "$BASELINE" "$N" 10 2>/dev/null | grep -v '^rolling')
+  while read -r name secs; do swarm[$name]=$secs; done < <(bash "$BASELINE" "$N" 10 2>/dev/null)
 fi
 
 ratio() { [ -n "${2:-}" ] && echo "scale=2; $1 / $2" | bc || echo "-"; }
@@ -108,4 +128,31 @@ printf '%-34s %10s %12s %8s\n' figure ours "docker swarm" ratio
 printf '%-34s %10.2f %12s %8s\n' "create ${N} replicas (s)" "$ours_create" "${swarm[create_${N}_replicas]:--}" "$(ratio "$ours_create" "${swarm[create_${N}_replicas]:-}")"
 printf '%-34s %10.2f %12s %8s\n' "recover a removed container (s)" "$ours_recover" "${swarm[recover_killed_task]:--}" "$(ratio "$ours_recover" "${swarm[recover_killed_task]:-}")"
 printf '%-34s %10.2f %12s %8s\n' "scale up by 20 (s)" "$ours_scale" "${swarm[scale_up_by_20]:--}" "$(ratio "$ours_scale" "${swarm[scale_up_by_20]:-}")"
+printf '%-34s %10.2f %12s %8s\n' "rolling update 10, parallelism 1 (s)" "$ours_p1" "${swarm[rolling_update_10_p1]:--}" "$(ratio "$ours_p1" "${swarm[rolling_update_10_p1]:-}")"
+printf '%-34s %10.2f %12s %8s\n' "rolling update 10, parallelism 5 (s)" "$ours_p5" "${swarm[rolling_update_10_p5]:--}" "$(ratio "$ours_p5" "${swarm[rolling_update_10_p5]:-}")"
 printf '%-34s %10.2f %12s %8s\n' "worker loss, ${on_w1} tasks moved (s)" "$ours_loss" "~20 (defaults)" "-"
+
+# BENCH_JSON=FILE: the same figures as JSON for bench/report (bench/run-all.sh sets it); null where not measured.
+if [ -n "${BENCH_JSON:-}" ]; then
+  num() { if [ -n "${1:-}" ]; then LC_NUMERIC=C printf '%.3f' "$1"; else printf null; fi; }
+  cat >"$BENCH_JSON" <<JSON
+{
+  "bench": "services",
+  "figures": {
+    "ours_create_s": $(num "${ours_create:-}"),
+    "swarm_create_s": $(num "${swarm[create_${N}_replicas]:-}"),
+    "ours_recover_s": $(num "${ours_recover:-}"),
+    "swarm_recover_s": $(num "${swarm[recover_killed_task]:-}"),
+    "ours_scale_s": $(num "${ours_scale:-}"),
+    "swarm_scale_s": $(num "${swarm[scale_up_by_20]:-}"),
+    "ours_update_p1_s": $(num "${ours_p1:-}"),
+    "swarm_update_p1_s": $(num "${swarm[rolling_update_10_p1]:-}"),
+    "ours_update_p5_s": $(num "${ours_p5:-}"),
+    "swarm_update_p5_s": $(num "${swarm[rolling_update_10_p5]:-}"),
+    "ours_worker_loss_s": $(num "${ours_loss:-}")
+  },
+  "about": { "reference": "Docker Swarm $(docker version --format '{{.Server.Version}}' 2>/dev/null || echo '?')", "replicas": "$N", "worker_tasks": "${on_w1:-}" }
+}
+JSON
+  echo "figures written to $BENCH_JSON"
+fi

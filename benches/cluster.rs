@@ -3,17 +3,22 @@
 //! - leader failover: kill -9 the leader, time until a surviving manager accepts a write (20 trials; p50, p99);
 //! - committed writes per second through the leader with 1 and with 64 concurrent clients.
 //!
-//! Run: `cargo bench --bench cluster` (set `FAILOVER_TRIALS` / `WRITE_SECONDS` to change the sizes).
+//! Run: `cargo bench --bench cluster` (set `FAILOVER_TRIALS` / `WRITE_SECONDS` to change the sizes, `BENCH_JSON` to
+//! a file to also get the figures as JSON). `benches/etcd.rs` measures etcd the same way, as the reference.
+
+mod common;
 
 use std::path::PathBuf;
 use std::process::Child;
 use std::process::Command;
 use std::process::Stdio;
-use std::sync::atomic::AtomicU64;
-use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
+
+use common::free_port;
+use common::wait_until;
+use common::Failover;
+use common::Figures;
 
 use swarm_reconciler::store::Op;
 use swarm_reconciler::store::Request;
@@ -85,22 +90,6 @@ impl Drop for Node {
     }
 }
 
-fn wait_until(limit: Duration, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !ok() {
-        assert!(Instant::now() < deadline, "condition not met within {limit:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn cluster(root: &std::path::Path) -> Vec<Node> {
     let mut nodes: Vec<Node> = (1..=3)
         .map(|i| {
@@ -167,12 +156,7 @@ fn leader_index(nodes: &[Node]) -> Option<usize> {
         .position(|n| n.info().is_some_and(|i| i.node_id == leader_id))
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-fn failover(nodes: &mut [Node], trials: usize) {
+fn failover(nodes: &mut [Node], trials: usize) -> Failover {
     let mut times = Vec::new();
     for trial in 0..trials {
         let leader = leader_index(nodes).expect("a leader");
@@ -203,14 +187,7 @@ fn failover(nodes: &mut [Node], trials: usize) {
         nodes[leader].start();
         wait_until(Duration::from_secs(30), || all_healthy(nodes));
     }
-    times.sort();
-    println!(
-        "leader failover (kill -9 → write accepted)   p50 {:>7.0} ms   p99 {:>7.0} ms   max {:>7.0} ms   ({} trials)",
-        percentile(&times, 0.5).as_secs_f64() * 1000.0,
-        percentile(&times, 0.99).as_secs_f64() * 1000.0,
-        times.last().unwrap().as_secs_f64() * 1000.0,
-        times.len()
-    );
+    Failover::of(times)
 }
 
 /// A client of the leader's Raft write endpoint, authenticated with a manager's own certificate.
@@ -223,54 +200,31 @@ fn write_client(node: &Node) -> reqwest::Client {
 }
 
 async fn throughput(client: reqwest::Client, leader: String, clients: usize, seconds: u64) -> f64 {
-    let done = Arc::new(AtomicU64::new(0));
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    let mut tasks = Vec::new();
-    for c in 0..clients {
-        let (client, leader, done) = (client.clone(), leader.clone(), done.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut i = 0u64;
-            while Instant::now() < deadline {
-                let request = Request {
-                    guards: vec![],
-                    ops: vec![Op::Put {
-                        table: "bench".into(),
-                        key: format!("c{c}-{}", i % 100),
-                        value: serde_json::json!({ "i": i }),
-                    }],
-                };
-                let url = format!("https://{leader}/v1/internal/write");
-                let ok = client
-                    .post(url)
-                    .json(&request)
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success());
-                assert!(ok, "write failed");
-                done.fetch_add(1, Ordering::Relaxed);
-                i += 1;
-            }
-        }));
-    }
-    let start = Instant::now();
-    for t in tasks {
-        t.await.unwrap();
-    }
-    done.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64()
+    let url = format!("https://{leader}/v1/internal/write");
+    common::throughput(clients, seconds, move |c, i| {
+        let request = Request {
+            guards: vec![],
+            ops: vec![Op::Put {
+                table: "bench".into(),
+                key: format!("c{c}-{}", i % 100),
+                value: serde_json::json!({ "i": i }),
+            }],
+        };
+        let send = client.post(&url).json(&request).send();
+        async move { send.await.is_ok_and(|r| r.status().is_success()) }
+    })
+    .await
 }
 
 fn main() {
-    let trials: usize = std::env::var("FAILOVER_TRIALS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(20);
-    let seconds: u64 = std::env::var("WRITE_SECONDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
+    let trials: usize = common::env_or("FAILOVER_TRIALS", 20);
+    let seconds: u64 = common::env_or("WRITE_SECONDS", 5);
+    let mut figures = Figures::new("cluster");
     let root = tempfile::tempdir().unwrap();
     let mut nodes = cluster(root.path());
     println!("cluster: 3 managers on loopback, Raft log and state on redb with fsync, election timeout 150-300 ms");
+    figures.about("system", "swarm");
+    figures.about("write_seconds", seconds);
 
     let leader = leader_index(&nodes).expect("leader");
     let client = write_client(&nodes[leader]);
@@ -279,7 +233,11 @@ fn main() {
     for clients in [1, 64] {
         let rate = runtime.block_on(throughput(client.clone(), addr.clone(), clients, seconds));
         println!("committed writes/s, {clients:>2} client(s)                  {rate:>9.0}");
+        figures.set(&format!("writes_per_s_{clients}"), rate);
     }
 
-    failover(&mut nodes, trials);
+    let failover = failover(&mut nodes, trials);
+    failover.print();
+    failover.record(&mut figures);
+    figures.write();
 }
