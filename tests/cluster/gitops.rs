@@ -426,4 +426,18 @@ fn a_webhook_syncs_with_the_secret_on_any_manager_and_is_refused_without() {
     let (code, body) = c.post_anonymous(follower, path, &gitlab, push).unwrap();
     assert_eq!(code, 202, "{body}");
     wait_synced(&c, "m1", "hooked", "web", &fourth, Duration::from_secs(20));
+
+    // The secret is stored sealed: no file of either manager (Raft log and state included) holds it.
+    for node in ["m1", "m2"] {
+        let mut files = Vec::new();
+        crate::secrets::files_under(&crate::secrets::node_dir(&c, node), &mut files);
+        for path in files {
+            let Ok(bytes) = std::fs::read(&path) else { continue };
+            assert!(
+                crate::secrets::find_any(&bytes, &[secret.as_bytes().to_vec()]).is_none(),
+                "the webhook secret is in {}",
+                path.display()
+            );
+        }
+    }
 }

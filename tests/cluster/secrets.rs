@@ -33,7 +33,7 @@ fn base64(data: &[u8]) -> String {
 }
 
 /// The node's directory (data, socket, log), from its socket's path.
-fn node_dir(c: &Cluster, name: &str) -> PathBuf {
+pub fn node_dir(c: &Cluster, name: &str) -> PathBuf {
     c.socket(name).parent().expect("socket in the node dir").to_path_buf()
 }
 
@@ -42,7 +42,7 @@ fn data_dir(c: &Cluster, name: &str) -> PathBuf {
 }
 
 /// Every file under `dir` (and `dir` itself, when it is a file).
-fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
+pub fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
     let Ok(meta) = std::fs::symlink_metadata(dir) else {
         return;
     };
@@ -56,7 +56,7 @@ fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
 }
 
 /// Where any of `needles` occurs in `haystack` (the needle's index).
-fn find_any(haystack: &[u8], needles: &[Vec<u8>]) -> Option<usize> {
+pub fn find_any(haystack: &[u8], needles: &[Vec<u8>]) -> Option<usize> {
     needles
         .iter()
         .position(|n| !n.is_empty() && haystack.windows(n.len()).any(|w| w == n.as_slice()))

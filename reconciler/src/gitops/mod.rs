@@ -79,10 +79,9 @@ pub enum AuthKind {
 
 /// A source's secrets: the webhook secret (generated at `swarm source add`) and the credentials git needs.
 ///
-/// Kept in their own table, `source_credentials`, which no route returns; `Debug` shows no value, and errors
-/// never quote them. They are **not encrypted at rest yet**: the Raft log and snapshots hold them as they hold
-/// every other object, readable by whoever can read a manager's data directory. Encrypting secrets at rest is a
-/// separate issue (the same one as stack secrets).
+/// Never stored as they are: the store holds them sealed with the cluster's secrets key ([`SealedCredentials`],
+/// as stack secrets are), so the Raft log, snapshots and redb files never hold them in plaintext, and a locked
+/// manager (autolock) cannot read them. No route returns them; `Debug` shows no value; errors never quote them.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SourceCredentials {
     pub name: String,
@@ -106,10 +105,49 @@ impl std::fmt::Debug for SourceCredentials {
     }
 }
 
-impl Object for SourceCredentials {
+/// [`SourceCredentials`] as the store holds them: sealed (AES-256-GCM) with the cluster's secrets key, bound to
+/// the source's name.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedCredentials {
+    pub name: String,
+    pub sealed: crate::secrets::crypto::Sealed,
+}
+
+impl Object for SealedCredentials {
     const TABLE: &'static str = "source_credentials";
     fn key(&self) -> String {
         self.name.clone()
+    }
+}
+
+impl SourceCredentials {
+    fn context(name: &str) -> String {
+        format!("source-credentials/{name}")
+    }
+
+    pub fn seal(&self, key: &crate::secrets::crypto::Key) -> Result<SealedCredentials, String> {
+        let json = serde_json::to_vec(self).map_err(|e| format!("cannot encode the credentials: {e}"))?;
+        let sealed = key
+            .seal(&Self::context(&self.name), &json)
+            .map_err(|e| format!("cannot seal the credentials of source {}: {e}", self.name))?;
+        Ok(SealedCredentials {
+            name: self.name.clone(),
+            sealed,
+        })
+    }
+
+    /// The credentials of source `name`, opened with this manager's key; `Ok(None)` when the source has none.
+    pub fn read(m: &crate::manager::Manager, name: &str) -> Result<Option<SourceCredentials>, String> {
+        let Some((stored, _)) = crate::store::get::<SealedCredentials>(&m.sm, name) else {
+            return Ok(None);
+        };
+        let key = m.keyring.key().map_err(|e| e.to_string())?;
+        let json = key
+            .open(&Self::context(name), &stored.sealed)
+            .map_err(|e| format!("the credentials of source {name}: {e}"))?;
+        serde_json::from_slice(&json)
+            .map(Some)
+            .map_err(|e| format!("the credentials of source {name} do not decode: {e}"))
     }
 }
 

@@ -23,6 +23,7 @@ use serde::Deserialize;
 use super::run::SyncError;
 use super::webhook;
 use super::webhook_path;
+use super::SealedCredentials;
 use super::Source;
 use super::SourceCreate;
 use super::SourceCreated;
@@ -122,6 +123,8 @@ async fn add(
     let secret = crate::ca::new_secret();
     let (source, credentials) =
         super::check_new_source(&req, secret.clone(), now_millis()).map_err(DaemonError::Refused)?;
+    let key = m.keyring.key().map_err(|e| DaemonError::Refused(e.to_string()))?;
+    let credentials = credentials.seal(&key).map_err(DaemonError::Refused)?;
     let request = Request {
         guards: vec![Guard::Revision {
             table: Source::TABLE.into(),
@@ -166,7 +169,7 @@ async fn remove(
         }],
         ops: vec![
             store::delete::<Source>(&name),
-            store::delete::<SourceCredentials>(&name),
+            store::delete::<SealedCredentials>(&name),
             store::delete::<SourceStatus>(&name),
         ],
     };
@@ -233,7 +236,9 @@ fn started(name: &str) -> Response {
 async fn hook(d: &Daemon, name: &str, headers: &HeaderMap, body: &[u8]) -> Result<Response, DaemonError> {
     let m = d.require_manager()?;
     // Any manager can check the secret (the store is replicated); the sync itself runs on the leader.
-    let secret = store::get::<SourceCredentials>(&m.sm, name).map(|(c, _)| c.webhook_secret);
+    let secret = SourceCredentials::read(&m, name)
+        .map_err(|e| DaemonError::Refused(format!("webhook of source {name}: {e}")))?
+        .map(|c| c.webhook_secret);
     let checked = match &secret {
         Some(secret) => webhook::verify(headers, body, secret),
         // An unknown source looks like a wrong secret: the answer does not tell which sources exist.

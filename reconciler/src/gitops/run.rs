@@ -344,7 +344,10 @@ async fn sync_source(ctx: &Ctx, name: &str, manual: bool) -> Result<SourceStatus
     let m = &ctx.manager;
     let (source, source_revision) =
         store::get::<Source>(&m.sm, name).ok_or_else(|| SyncError::NotFound(name.to_string()))?;
-    let credentials = store::get::<SourceCredentials>(&m.sm, name).map(|(c, _)| c);
+    let credentials = SourceCredentials::read(m, name).map_err(|reason| SyncError::Internal {
+        name: name.to_string(),
+        reason,
+    })?;
     let previous = store::get::<SourceStatus>(&m.sm, name)
         .map(|(s, _)| s)
         .unwrap_or_else(|| SourceStatus {
