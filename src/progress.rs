@@ -32,6 +32,8 @@ const POLL: Duration = Duration::from_millis(200);
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
 /// A task no node can take is given this long for the cluster to change (a node joining, another task leaving).
 const UNPLACEABLE_GRACE: Duration = Duration::from_secs(10);
+/// How long the wait goes on while no manager answers (a leader change takes well under a second).
+const UNREACHABLE_GRACE: Duration = Duration::from_secs(15);
 /// How long a service must stay converged before the wait believes it (Docker waits its update monitor, 5 s).
 const STABLE_FOR: Duration = Duration::from_secs(1);
 /// Failed tasks of the current version that make a service count as failing.
@@ -54,8 +56,28 @@ pub async fn wait_converged(client: &Client, services: &[(String, u64)], quiet: 
     let mut last: Vec<Option<Assessment>> = vec![None; services.len()];
     let mut done = vec![false; services.len()];
     let mut stable_since: Vec<Option<Instant>> = vec![None; services.len()];
+    let mut failing_since: Option<Instant> = None;
     loop {
-        let tasks: Vec<Task> = client.get("/v1/tasks").await?;
+        // A leader change (or a manager that died under the CLI) is no reason to give up the wait: the managers
+        // get a moment to answer again.
+        let (tasks, infos) = match read_state(client, services, &done).await {
+            Ok(state) => {
+                failing_since = None;
+                state
+            }
+            Err(e) => {
+                let since = *failing_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= UNREACHABLE_GRACE || started.elapsed() >= timeout {
+                    display.stop();
+                    return Err(e.context(format!(
+                        "the managers did not answer for {} s while waiting for the services to converge",
+                        since.elapsed().as_secs()
+                    )));
+                }
+                tokio::time::sleep(POLL).await;
+                continue;
+            }
+        };
         let now = Instant::now();
         let unplaceable: HashSet<&str> = tasks
             .iter()
@@ -72,11 +94,10 @@ pub async fn wait_converged(client: &Client, services: &[(String, u64)], quiet: 
             .filter(|(_, since)| now.duration_since(**since) >= UNPLACEABLE_GRACE)
             .map(|(id, _)| id.as_str())
             .collect();
-        for (i, (name, version)) in services.iter().enumerate() {
-            if done[i] {
+        for (i, ((name, version), info)) in services.iter().zip(infos).enumerate() {
+            let Some(info) = info.filter(|_| !done[i]) else {
                 continue;
-            }
-            let info: ServiceInfo = client.get(&format!("/v1/services/{}", url_segment(name))).await?;
+            };
             let mine: Vec<&Task> = tasks.iter().filter(|t| t.service == info.service.spec.name).collect();
             let assessment = assess(&info.service, info.progress, &mine, *version, &stuck);
             if !assessment.failures.is_empty() {
@@ -178,6 +199,23 @@ fn task_label(service: &str, key: &Key) -> String {
 
 /// Decides where a service stands from its tasks. `expected` is the task version the caller waits for (a newer one
 /// on the service wins); `stuck` names tasks that have been unplaceable for longer than the grace period.
+/// Every task, and each service not yet done.
+async fn read_state(
+    client: &Client,
+    services: &[(String, u64)],
+    done: &[bool],
+) -> anyhow::Result<(Vec<Task>, Vec<Option<ServiceInfo>>)> {
+    let tasks: Vec<Task> = client.get("/v1/tasks").await?;
+    let mut infos = Vec::with_capacity(services.len());
+    for ((name, _), done) in services.iter().zip(done) {
+        infos.push(match done {
+            true => None,
+            false => Some(client.get(&format!("/v1/services/{}", url_segment(name))).await?),
+        });
+    }
+    Ok((tasks, infos))
+}
+
 pub fn assess(
     service: &Service,
     progress: Progress,

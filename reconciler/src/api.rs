@@ -37,7 +37,9 @@ impl IntoResponse for DaemonError {
         let status = match &self {
             DaemonError::Refused(_) => StatusCode::BAD_REQUEST,
             DaemonError::NotFound(_) => StatusCode::NOT_FOUND,
-            DaemonError::Manager(ManagerError::NoQuorum { .. }) => StatusCode::SERVICE_UNAVAILABLE,
+            DaemonError::Manager(ManagerError::NoQuorum { .. } | ManagerError::NotCommitted { .. }) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             DaemonError::Manager(_) => StatusCode::SERVICE_UNAVAILABLE,
             DaemonError::Remote(_) => StatusCode::BAD_GATEWAY,
             DaemonError::Io(_) => StatusCode::INTERNAL_SERVER_ERROR,

@@ -166,7 +166,9 @@ impl Daemon {
         std::fs::create_dir_all(options.data_dir.join("tls"))
             .map_err(|e| DaemonError::io(&format!("cannot create {}", options.data_dir.display()), e))?;
         let state: Option<NodeState> = read_json(&options.data_dir.join("node.json"));
-        let client = PeerClient::new(reqwest::Client::new());
+        let client = PeerClient::new(
+            crate::tls::placeholder_client().map_err(|e| DaemonError::io("cannot make the HTTP client", e))?,
+        );
         let keyring = Arc::new(crate::secrets::Keyring::new(options.data_dir.join("secrets")));
         Ok(Arc::new(Daemon {
             options,

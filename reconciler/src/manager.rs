@@ -44,6 +44,13 @@ pub enum ManagerError {
         total: usize,
         needed: usize,
     },
+    /// A majority answers, but the write was not committed in time: a leader election was under way, or the
+    /// managers are too slow right now.
+    #[error(
+        "the write was not committed in time although {reachable} of {total} managers answer (a leader election may \
+         be under way); run the command again"
+    )]
+    NotCommitted { reachable: usize, total: usize },
     #[error("write was rejected: {0}")]
     Rejected(String),
     #[error("the store could not be opened: {0}")]
@@ -283,10 +290,14 @@ impl Manager {
                 reachable += 1;
             }
         }
+        let needed = total / 2 + 1;
+        if reachable >= needed {
+            return ManagerError::NotCommitted { reachable, total };
+        }
         ManagerError::NoQuorum {
             reachable,
             total,
-            needed: total / 2 + 1,
+            needed,
         }
     }
 

@@ -289,6 +289,16 @@ pub fn http_client(config: Arc<ClientConfig>, timeout: Duration) -> Result<reqwe
         .map_err(TlsError::HttpClient)
 }
 
+/// The client a node uses before it has its certificates (replaced once it has them): it trusts no root at all, so
+/// nothing is read from the system's CA store, and a host without one (a minimal container) starts fine.
+pub fn placeholder_client() -> Result<reqwest::Client, TlsError> {
+    reqwest::Client::builder()
+        .tls_certs_only(Vec::new())
+        .no_proxy()
+        .build()
+        .map_err(TlsError::HttpClient)
+}
+
 fn manager_verifier(ca_pem: &str) -> Result<Arc<ManagerVerifier>, TlsError> {
     let inner = WebPkiServerVerifier::builder_with_provider(root_store(ca_pem)?, provider())
         .build()
