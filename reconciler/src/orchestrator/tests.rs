@@ -954,3 +954,94 @@ proptest! {
         prop_assert!(sim.step().is_empty());
     }
 }
+
+#[derive(Debug, Clone)]
+enum Rollout {
+    Fail(usize),
+    Update,
+    Rollback,
+    Resume,
+    Agents,
+    Pass,
+    Later,
+}
+
+fn rollout_event() -> impl Strategy<Value = Rollout> {
+    prop_oneof![
+        (0..20usize).prop_map(Rollout::Fail),
+        Just(Rollout::Update),
+        Just(Rollout::Rollback),
+        Just(Rollout::Resume),
+        Just(Rollout::Agents),
+        Just(Rollout::Pass),
+        Just(Rollout::Pass),
+        Just(Rollout::Later),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    /// Updates that fail, roll back by themselves or by hand, pause and resume, in any order: stop-first never runs
+    /// two tasks in a slot, the update status is always one Swarm has, and once nothing fails any more the service
+    /// settles to its replica count with the update ended (completed, paused or rolled back) and a pass changing
+    /// nothing.
+    #[test]
+    fn rollouts_keep_one_task_per_slot_and_end(events in proptest::collection::vec(rollout_event(), 1..40)) {
+        let mut sim = Sim::new(&["n1", "n2"]);
+        let mut web = replicated("web", 3);
+        web.update_config.failure_action = FailureAction::Rollback;
+        web.update_config.monitor_ms = 1_000;
+        web.update_config.delay_ms = 100;
+        web.rollback_config.monitor_ms = 1_000;
+        sim.create(web);
+        let mut version = 0;
+        for e in events {
+            match e {
+                Rollout::Fail(i) => {
+                    let live: Vec<String> = sim.tasks.values()
+                        .filter(|(t, _)| t.status.state == TaskState::Running)
+                        .map(|(t, _)| t.id.clone()).collect();
+                    if !live.is_empty() {
+                        let id = live[i % live.len()].clone();
+                        sim.fail(&id);
+                    }
+                }
+                Rollout::Update => {
+                    version += 1;
+                    sim.update("web", |s| { s.task.env.insert("V".into(), Some(version.to_string())); });
+                }
+                Rollout::Rollback => {
+                    if let Some(rolled) = sim.services[0].rolled_back("manually requested rollback", sim.now) {
+                        sim.services[0] = rolled;
+                    }
+                }
+                Rollout::Resume => sim.update("web", |_| {}),
+                Rollout::Agents => sim.agents(),
+                Rollout::Pass => { sim.step(); }
+                Rollout::Later => sim.now += 700,
+            }
+            sim.check_one_per_slot();
+        }
+        // No more failures: run until nothing changes and no timer is pending.
+        for _ in 0..200 {
+            let actions = sim.step();
+            let before = sim.tasks.clone();
+            sim.agents();
+            sim.check_one_per_slot();
+            if actions.is_empty() && before == sim.tasks {
+                match actions.wake_at {
+                    Some(at) => sim.now = sim.now.max(at),
+                    None => break,
+                }
+            }
+        }
+        let state = sim.update_state("web");
+        prop_assert!(
+            !state.is_some_and(UpdateState::in_progress),
+            "the update never ended: {:?}", sim.services[0].update_status
+        );
+        prop_assert_eq!(sim.running_count("web"), 3);
+        prop_assert!(sim.step().is_empty());
+    }
+}
