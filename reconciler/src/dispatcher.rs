@@ -277,7 +277,14 @@ async fn run_session(d: Arc<Dispatcher>, node_id: String, tx: mpsc::Sender<Sessi
                 let mut changed = Vec::new();
                 let mut removed = Vec::new();
                 for change in committed.changes.iter().filter(|c| c.table == Task::TABLE) {
-                    let task = change.value.clone().and_then(|v| serde_json::from_value::<Task>(v).ok());
+                    // Nearly every change is another node's task: look at its node before decoding the whole task
+                    // (every session sees every change).
+                    let here = change.value.as_ref().and_then(|v| v.get("node_id")).and_then(|n| n.as_str())
+                        == Some(node_id.as_str());
+                    if !here && !mine.contains(&change.key) {
+                        continue;
+                    }
+                    let task = change.value.as_ref().and_then(|v| Task::deserialize(v).ok());
                     match task {
                         Some(t) if assigned_to(&t, &node_id) => {
                             mine.insert(t.id.clone());

@@ -31,6 +31,9 @@ pub mod raftnet;
 pub mod routes;
 pub mod scheduler;
 pub mod secrets;
+/// The in-process cluster simulation (real managers, in-memory Raft, fake nodes) of the scale bench and tests.
+#[doc(hidden)]
+pub mod sim;
 pub mod stacks;
 pub mod store;
 pub mod tls;

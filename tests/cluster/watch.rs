@@ -159,7 +159,9 @@ fn apply_watch_applies_every_save_and_survives_an_invalid_one() {
     // An invalid save: the diagnostic, nothing applied, still watching.
     std::fs::write(&file, stack("two")).expect("write stack");
     let start = watch.wait_for(end, "Changed: ");
-    let end = watch.wait_for(start, "Watching ");
+    // The diagnostic comes on stderr, read by another thread than stdout's "Watching": wait for both.
+    let told = watch.wait_for(start, "Nothing applied.");
+    let end = watch.wait_for(start, "Watching ").max(told);
     let invalid = watch.between(start - 1, end);
     assert!(
         invalid.contains("stack.yml:7:") && invalid.contains("services.web.deploy.replicas"),

@@ -307,7 +307,10 @@ impl StateMachineStore {
         *self.inner.state.write().unwrap_or_else(PoisonError::into_inner) = new_state;
         tracing::info!(snapshot = %meta.snapshot_id, revision, "installed a snapshot");
 
-        let _ = self.inner.changes.send(Committed { revision, changes });
+        let _ = self.inner.changes.send(Committed {
+            revision,
+            changes: changes.into(),
+        });
         Ok(())
     }
 
@@ -396,7 +399,10 @@ impl Batch {
             }
         }
         if !changes.is_empty() {
-            self.committed.push(Committed { revision, changes });
+            self.committed.push(Committed {
+                revision,
+                changes: changes.into(),
+            });
         }
         Response::Applied { revision }
     }

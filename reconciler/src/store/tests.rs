@@ -338,7 +338,7 @@ async fn watchers_see_each_committed_change_with_its_revision() {
     let first = next(&mut rx).await;
     assert_eq!(first.revision, 1);
     assert_eq!(
-        first.changes,
+        *first.changes,
         vec![
             Change {
                 table: "tasks".into(),
@@ -358,7 +358,7 @@ async fn watchers_see_each_committed_change_with_its_revision() {
     let second = next(&mut rx).await;
     assert_eq!(second.revision, 3);
     assert_eq!(
-        second.changes,
+        *second.changes,
         vec![Change {
             table: "tasks".into(),
             key: "t1".into(),
@@ -412,7 +412,8 @@ async fn installing_a_snapshot_resyncs_watchers() {
     assert_eq!(resync.revision, 2);
     let mut changes: Vec<_> = resync
         .changes
-        .into_iter()
+        .iter()
+        .cloned()
         .map(|c| (c.key, c.value, c.revision))
         .collect();
     changes.sort_by(|x, y| x.0.cmp(&y.0));

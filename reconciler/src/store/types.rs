@@ -67,5 +67,7 @@ pub struct Change {
 pub struct Committed {
     /// The state machine's revision once these changes are applied.
     pub revision: u64,
-    pub changes: Vec<Change>,
+    /// Shared: the watch stream hands every subscriber a clone of each `Committed`, and an entry can hold a thousand
+    /// tasks, so the changes themselves are not copied per subscriber.
+    pub changes: std::sync::Arc<[Change]>,
 }
