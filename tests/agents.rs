@@ -1,6 +1,9 @@
 //! Process tests of the agents: tasks assigned to a node run there, report their status back through the leader,
 //! survive the agent's restart, and show their output — with real daemons on loopback and the process driver.
 
+#[path = "common/mod.rs"]
+#[allow(dead_code)]
+mod common;
 #[path = "cluster/harness.rs"]
 #[allow(dead_code)]
 mod harness;

@@ -22,6 +22,10 @@ use std::time::Instant;
 
 use serde::Deserialize;
 
+use crate::common;
+pub use crate::common::parse_node_ls;
+pub use crate::common::Row;
+
 const SWARM: &str = env!("CARGO_BIN_EXE_swarm");
 
 /// How long one CLI command may take before the test gives up on it.
@@ -102,19 +106,6 @@ impl Run {
     }
 }
 
-/// One row of `swarm node ls`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Row {
-    pub id: String,
-    /// The `*` after the id: the node answering.
-    pub is_self: bool,
-    pub hostname: String,
-    pub status: String,
-    pub availability: String,
-    pub manager_status: String,
-    pub engine_version: String,
-}
-
 /// The fields of `swarm info --json` the tests look at.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Info {
@@ -152,57 +143,6 @@ impl Info {
     }
 }
 
-/// Parses `swarm node ls` by the header's column positions (the MANAGER STATUS cell of a worker is empty, so
-/// splitting on spaces would shift the columns).
-pub fn parse_node_ls(text: &str) -> Vec<Row> {
-    let mut lines = text.lines();
-    let header = lines.next().unwrap_or_default();
-    let names = [
-        "ID",
-        "HOSTNAME",
-        "STATUS",
-        "AVAILABILITY",
-        "MANAGER STATUS",
-        "ENGINE VERSION",
-    ];
-    let mut starts = Vec::new();
-    let mut from = 0;
-    for name in names {
-        let at = header[from..]
-            .find(name)
-            .map(|i| i + from)
-            .unwrap_or_else(|| panic!("`node ls` header lacks {name:?}: {header:?}"));
-        starts.push(at);
-        from = at + name.len();
-    }
-    lines
-        .filter(|l| !l.trim().is_empty())
-        .map(|line| {
-            let cell = |i: usize| {
-                let end = starts.get(i + 1).copied().unwrap_or(usize::MAX).min(line.len());
-                line.get(starts[i].min(line.len())..end)
-                    .unwrap_or_default()
-                    .trim()
-                    .to_string()
-            };
-            let id = cell(0);
-            let (id, is_self) = match id.strip_suffix(" *") {
-                Some(id) => (id.to_string(), true),
-                None => (id, false),
-            };
-            Row {
-                id,
-                is_self,
-                hostname: cell(1),
-                status: cell(2),
-                availability: cell(3),
-                manager_status: cell(4),
-                engine_version: cell(5),
-            }
-        })
-        .collect()
-}
-
 /// A free loopback port below the kernel's ephemeral range, so that no outgoing connection takes it while a node
 /// is down between restarts. The start is spread by process id so that test binaries running at once rarely try
 /// the same ports.
@@ -232,30 +172,15 @@ fn free_port() -> u16 {
 /// Polls `check` every [`POLL`] until it returns `Ok` or `timeout` passes; then panics naming `what` and the last
 /// state `check` reported.
 #[track_caller]
-pub fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match check() {
-            Ok(value) => return value,
-            Err(last) if Instant::now() >= deadline => {
-                panic!("timed out after {timeout:?} waiting until {what}; last seen:\n{last}")
-            }
-            Err(_) => std::thread::sleep(POLL),
-        }
-    }
+pub fn wait_until<T>(what: &str, timeout: Duration, check: impl FnMut() -> Result<T, String>) -> T {
+    common::wait_until_every(POLL, what, timeout, check)
 }
 
 /// Checks that `check` holds at every poll for `period` (a property that must *stay* true, such as a node staying
 /// Ready); panics at the first poll where it does not.
 #[track_caller]
-pub fn holds_for(what: &str, period: Duration, mut check: impl FnMut() -> Result<(), String>) {
-    let start = Instant::now();
-    while start.elapsed() < period {
-        if let Err(seen) = check() {
-            panic!("{what} stopped holding after {:?}:\n{seen}", start.elapsed());
-        }
-        std::thread::sleep(POLL);
-    }
+pub fn holds_for(what: &str, period: Duration, check: impl FnMut() -> Result<(), String>) {
+    common::holds_for_every(POLL, what, period, check)
 }
 
 pub struct Cluster {

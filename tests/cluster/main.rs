@@ -4,6 +4,8 @@
 //! `cargo test --test cluster`; set `SWARM_TEST_LOG` (e.g. `info,swarm_reconciler=debug`) for more detail in the
 //! daemon logs that a failing test prints.
 
+#[path = "../common/mod.rs"]
+mod common;
 mod harness;
 
 mod consistency;

@@ -27,6 +27,9 @@ use std::time::Instant;
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::common;
+pub use crate::common::parse_node_ls;
+pub use crate::common::Row;
 use crate::image;
 use crate::image::LABEL;
 
@@ -37,6 +40,19 @@ pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(40);
 
 /// How often conditions are polled (each poll runs `docker exec`, about 50–100 ms by itself).
 const POLL: Duration = Duration::from_millis(100);
+
+/// Polls `check` every [`POLL`] until it returns `Ok` or `timeout` passes; then panics naming `what` and the last
+/// state `check` reported.
+#[track_caller]
+pub fn wait_until<T>(what: &str, timeout: Duration, check: impl FnMut() -> Result<T, String>) -> T {
+    common::wait_until_every(POLL, what, timeout, check)
+}
+
+/// Checks that `check` holds at every poll for `period`; panics at the first poll where it does not.
+#[track_caller]
+pub fn holds_for(what: &str, period: Duration, check: impl FnMut() -> Result<(), String>) {
+    common::holds_for_every(POLL, what, period, check)
+}
 
 /// The heartbeat settings of every cluster: a node silent for 3 × 500 ms is Down.
 pub const HEARTBEAT: &str = "500ms";
@@ -120,34 +136,6 @@ pub fn docker(args: &[&str]) -> Run {
     command("docker", args, None, COMMAND_TIMEOUT)
 }
 
-/// Polls `check` every [`POLL`] until it returns `Ok` or `timeout` passes; then panics naming `what` and the last
-/// state `check` reported.
-#[track_caller]
-pub fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match check() {
-            Ok(value) => return value,
-            Err(last) if Instant::now() >= deadline => {
-                panic!("timed out after {timeout:?} waiting until {what}; last seen:\n{last}")
-            }
-            Err(_) => std::thread::sleep(POLL),
-        }
-    }
-}
-
-/// Checks that `check` holds at every poll for `period`; panics at the first poll where it does not.
-#[track_caller]
-pub fn holds_for(what: &str, period: Duration, mut check: impl FnMut() -> Result<(), String>) {
-    let start = Instant::now();
-    while start.elapsed() < period {
-        if let Err(seen) = check() {
-            panic!("{what} stopped holding after {:?}:\n{seen}", start.elapsed());
-        }
-        std::thread::sleep(POLL);
-    }
-}
-
 /// The fields of `swarm info --json` the tests look at.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Info {
@@ -173,60 +161,6 @@ impl Info {
         self.leader_id()?;
         self.leader.split_once(" (")?.1.strip_suffix(')')
     }
-}
-
-/// One row of `swarm node ls`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Row {
-    pub id: String,
-    pub hostname: String,
-    pub status: String,
-    pub availability: String,
-    pub manager_status: String,
-}
-
-/// Parses `swarm node ls` by the header's column positions.
-pub fn parse_node_ls(text: &str) -> Vec<Row> {
-    let mut lines = text.lines();
-    let header = lines.next().unwrap_or_default();
-    let names = [
-        "ID",
-        "HOSTNAME",
-        "STATUS",
-        "AVAILABILITY",
-        "MANAGER STATUS",
-        "ENGINE VERSION",
-    ];
-    let mut starts = Vec::new();
-    let mut from = 0;
-    for name in names {
-        let at = header[from..]
-            .find(name)
-            .map(|i| i + from)
-            .unwrap_or_else(|| panic!("`node ls` header lacks {name:?}: {header:?}"));
-        starts.push(at);
-        from = at + name.len();
-    }
-    lines
-        .filter(|l| !l.trim().is_empty())
-        .map(|line| {
-            let cell = |i: usize| {
-                let end = starts.get(i + 1).copied().unwrap_or(usize::MAX).min(line.len());
-                line.get(starts[i].min(line.len())..end)
-                    .unwrap_or_default()
-                    .trim()
-                    .to_string()
-            };
-            let id = cell(0);
-            Row {
-                id: id.strip_suffix(" *").map(str::to_string).unwrap_or(id),
-                hostname: cell(1),
-                status: cell(2),
-                availability: cell(3),
-                manager_status: cell(4),
-            }
-        })
-        .collect()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,6 +7,8 @@
 //! one random fault sequence, `CHAOS_SEEDS=N` runs N of them, `CHAOS_STEPS=K` sets their length (default 6);
 //! `SWARM_TEST_LOG` sets the daemons' log filter (printed for every node when a test fails).
 
+#[path = "../common/mod.rs"]
+mod common;
 mod harness;
 mod image;
 
