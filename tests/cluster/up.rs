@@ -34,24 +34,13 @@ struct Up(std::process::Child);
 
 impl Up {
     fn interrupt(&self) -> bool {
-        Command::new("kill")
-            .args(["-INT", &self.0.id().to_string()])
-            .status()
-            .is_ok_and(|s| s.success())
+        crate::common::interrupt(&self.0)
     }
 }
 
 impl Drop for Up {
     fn drop(&mut self) {
-        if matches!(self.0.try_wait(), Ok(None)) {
-            self.interrupt();
-            let deadline = std::time::Instant::now() + Duration::from_secs(30);
-            while matches!(self.0.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
+        crate::common::interrupt_then_kill(&mut self.0, Duration::from_secs(30));
     }
 }
 

@@ -101,24 +101,13 @@ impl Watching {
     }
 
     fn interrupt(&self) -> bool {
-        Command::new("kill")
-            .args(["-INT", &self.child.id().to_string()])
-            .status()
-            .is_ok_and(|s| s.success())
+        crate::common::interrupt(&self.child)
     }
 }
 
 impl Drop for Watching {
     fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            self.interrupt();
-            let deadline = std::time::Instant::now() + Duration::from_secs(15);
-            while matches!(self.child.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        crate::common::interrupt_then_kill(&mut self.child, Duration::from_secs(15));
     }
 }
 

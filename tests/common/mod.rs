@@ -1,6 +1,8 @@
 //! What the process harness (`tests/cluster`) and the container harness (`tests/multihost`) share: waiting for a
 //! condition, and reading `swarm node ls`. Included by both with `#[path]`.
 
+use std::process::Child;
+use std::process::Command;
 use std::time::Duration;
 use std::time::Instant;
 
@@ -100,4 +102,27 @@ pub fn holds_for_every(poll: Duration, what: &str, period: Duration, mut check: 
         }
         std::thread::sleep(poll);
     }
+}
+
+/// Sends SIGINT to `child` (what Ctrl-C does); true when the signal was delivered.
+pub fn interrupt(child: &Child) -> bool {
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Ends `child` when a test is over: interrupted first so that it cleans up after itself, killed if it is still
+/// running after `grace`.
+pub fn interrupt_then_kill(child: &mut Child, grace: Duration) {
+    if !matches!(child.try_wait(), Ok(None)) {
+        return;
+    }
+    interrupt(child);
+    let deadline = Instant::now() + grace;
+    while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }

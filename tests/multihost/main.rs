@@ -8,6 +8,7 @@
 //! `SWARM_TEST_LOG` sets the daemons' log filter (printed for every node when a test fails).
 
 #[path = "../common/mod.rs"]
+#[allow(dead_code)] // the process helpers are for tests/cluster
 mod common;
 mod harness;
 mod image;
