@@ -46,6 +46,15 @@ pub struct StackArgs {
     /// Stack name (default: the file's `name:`, else the first file's directory name).
     #[arg(long, short = 's', value_name = "NAME")]
     pub stack: Option<String>,
+    /// age key file (`age-keygen -o key.txt`) for secret and config files encrypted with age (`*.age`, or
+    /// `x-swarm: {encrypted: age}`); repeat for several. They are decrypted here, before anything is sent.
+    #[arg(
+        long = "age-key-file",
+        value_name = "FILE",
+        env = "SWARM_AGE_KEY_FILE",
+        value_delimiter = ','
+    )]
+    pub age_key_files: Vec<PathBuf>,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]

@@ -53,6 +53,10 @@ pub enum SourceCommand {
         /// File holding a token for an https repository.
         #[arg(long, value_name = "FILE")]
         token_file: Option<PathBuf>,
+        /// age key file (`age-keygen -o key.txt`) that decrypts the repository's `*.age` secret and config files.
+        /// The manager keeps it sealed with the cluster's secrets key; encrypt files to the recipient it prints.
+        #[arg(long, value_name = "FILE")]
+        age_key_file: Option<PathBuf>,
         /// Print only the webhook secret.
         #[arg(short, long)]
         quiet: bool,
@@ -93,6 +97,7 @@ pub async fn run(client: &Client, cmd: SourceCommand) -> anyhow::Result<ExitCode
             no_self_heal,
             ssh_key,
             token_file,
+            age_key_file,
             quiet,
         } => {
             let interval_ms = u64::try_from(
@@ -114,6 +119,7 @@ pub async fn run(client: &Client, cmd: SourceCommand) -> anyhow::Result<ExitCode
                 self_heal: !no_self_heal,
                 ssh_key: ssh_key.as_ref().map(|f| read("--ssh-key", f)).transpose()?,
                 token: token_file.as_ref().map(|f| read("--token-file", f)).transpose()?,
+                age_key: age_key_file.as_ref().map(|f| read("--age-key-file", f)).transpose()?,
             };
             let created: SourceCreated = client.post("/v1/sources", &req).await?;
             if quiet {
@@ -210,7 +216,7 @@ fn format_added(created: &SourceCreated, manager: &str) -> String {
          POST https://{manager}{path_}\n\
          Secret, shown only now (as `Authorization: Bearer <secret>`, GitHub's webhook secret or GitLab's secret token):\n  \
          {secret}\n\
-         The first sync starts now; `swarm source inspect --pretty {name}` shows how it went.\n",
+         {age}The first sync starts now; `swarm source inspect --pretty {name}` shows how it went.\n",
         name = s.name,
         reference = s.reference,
         repo = s.repo,
@@ -222,6 +228,14 @@ fn format_added(created: &SourceCreated, manager: &str) -> String {
         how = how.join(", "),
         path_ = created.webhook_path,
         secret = created.webhook_secret,
+        age = if s.age_recipients.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "Encrypted files (*.age) are decrypted with the key of {}: `age -r RECIPIENT -o FILE.age FILE`.\n",
+                s.age_recipients.join(", ")
+            )
+        },
     )
 }
 
@@ -295,6 +309,12 @@ fn format_pretty(info: &SourceInfo, now: u64) -> String {
         ),
     );
     line("Webhook:", format!("POST {}", info.webhook_path));
+    if !s.age_recipients.is_empty() {
+        line(
+            "age:",
+            format!("decrypts files encrypted to {}", s.age_recipients.join(", ")),
+        );
+    }
     line("Commit:", st.commit.clone().unwrap_or_else(|| "-".into()));
     line(
         "Last sync:",
@@ -477,6 +497,7 @@ mod tests {
                 auto_sync: true,
                 self_heal: true,
                 auth: AuthKind::None,
+                age_recipients: Vec::new(),
                 created_at: 0,
             },
             status,

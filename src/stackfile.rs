@@ -7,10 +7,14 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use swarm_reconciler::gitops::files::GitTree;
 use swarm_reconciler::plan;
+use swarm_specs::age;
+use swarm_specs::age::AgeError;
 use swarm_specs::compose::ListOrMap;
 use swarm_specs::compose::Scalar;
+use swarm_specs::diag::Severity;
 use swarm_specs::loader::Files;
 use swarm_specs::loader::LocalFiles;
+use swarm_specs::Diagnostic;
 use swarm_specs::Diagnostics;
 use swarm_specs::LoadOptions;
 use swarm_specs::Loaded;
@@ -19,14 +23,41 @@ use swarm_specs::StackSpec;
 use crate::Format;
 use crate::StackArgs;
 
-/// Loads the stack; prints warnings to stderr, and on failure every error, then says how many.
-fn load(args: &StackArgs, files: &dyn Files) -> Result<Loaded, Diagnostics> {
-    let options = LoadOptions {
+/// What the loader needs for these stack arguments: the files, the environment and the age keys.
+pub fn load_options(args: &StackArgs) -> Result<LoadOptions, Diagnostic> {
+    let mut age_identities = Vec::new();
+    for path in &args.age_key_files {
+        let problem = |line_col: Option<(u32, u32)>, message: String| Diagnostic {
+            severity: Severity::Error,
+            file: Some(path.display().to_string()),
+            line_col,
+            path: "--age-key-file".into(),
+            message,
+            hint: Some("an age key file holds AGE-SECRET-KEY-1... lines, as `age-keygen -o key.txt` writes".into()),
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| problem(None, format!("cannot read the age key: {e}")))?;
+        match age::parse_identities(&text) {
+            Ok(ids) => age_identities.extend(ids),
+            Err(AgeError::Key { line, message }) => return Err(problem(Some((line as u32, 1)), message)),
+            Err(e) => return Err(problem(None, e.to_string())),
+        }
+    }
+    Ok(LoadOptions {
         files: args.files.clone(),
         env_file: args.env_file.clone(),
         stack: args.stack.clone(),
         environment: std::env::vars().collect(),
-    };
+        age_identities,
+    })
+}
+
+/// Loads the stack; prints warnings to stderr, and on failure every error, then says how many.
+fn load(args: &StackArgs, files: &dyn Files) -> Result<Loaded, Diagnostics> {
+    let options = load_options(args).map_err(|d| {
+        let d = Diagnostics(vec![d]);
+        eprintln!("{d}");
+        d
+    })?;
     let result = swarm_specs::load(&options, files);
     match &result {
         Ok(loaded) => {
@@ -173,6 +204,7 @@ fn current_state(args: &StackArgs, opts: &PlanArgs, stack: &str) -> anyhow::Resu
         files,
         env_file: args.env_file.clone(),
         stack: Some(stack.to_string()),
+        age_key_files: args.age_key_files.clone(),
     };
     if let Some(rev) = &opts.base_git {
         let tree = GitTree::open(&args.files[0], rev)?;

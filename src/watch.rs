@@ -252,12 +252,14 @@ fn display(path: &Path) -> String {
 /// and the files of `env_file`, `secrets` and `configs`. Loads silently: the round's `apply` prints the diagnostics.
 fn files_read(args: &StackArgs) -> Vec<PathBuf> {
     let recorder = Recorder::default();
-    let options = LoadOptions {
+    // A bad key file still leaves the paths to watch; the round's `apply` reports it.
+    let options = crate::stackfile::load_options(args).unwrap_or_else(|_| LoadOptions {
         files: args.files.clone(),
         env_file: args.env_file.clone(),
         stack: args.stack.clone(),
         environment: std::env::vars().collect(),
-    };
+        ..LoadOptions::default()
+    });
     let _ = swarm_specs::load(&options, &recorder);
     recorder.paths.into_inner()
 }
@@ -284,6 +286,7 @@ mod tests {
             files: files.iter().map(|f| dir.join(f)).collect(),
             env_file: None,
             stack: Some("s".into()),
+            age_key_files: Vec::new(),
         }
     }
 

@@ -649,4 +649,25 @@ pub struct FileObject {
     pub driver: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub template_driver: Option<String>,
+    /// swarm's extension: `x-swarm: {encrypted: age}` for a `file:` kept encrypted in git.
+    #[serde(rename = "x-swarm", skip_serializing_if = "Option::is_none")]
+    pub x_swarm: Option<XSwarmFile>,
+}
+
+/// swarm's extension on a secret or config (`x-swarm:`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, default)]
+pub struct XSwarmFile {
+    /// The `file:` is encrypted; the manager or `swarm apply --age-key-file` decrypts it. Files named `*.age`
+    /// are decrypted without it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encrypted: Option<Encryption>,
+}
+
+/// How a secret or config file is encrypted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Encryption {
+    /// age (age-encryption.org/v1), X25519 recipients: `age -r age1... -o db_password.age db_password.txt`.
+    Age,
 }

@@ -48,6 +48,8 @@ pub struct LoadOptions {
     pub stack: Option<String>,
     /// The process environment; it wins over env files.
     pub environment: BTreeMap<String, String>,
+    /// Keys for secret and config files encrypted with age (`--age-key-file`).
+    pub age_identities: Vec<crate::age::Identity>,
 }
 
 /// A loaded stack: the merged file, its canonical spec, and what was found on the way.
@@ -252,6 +254,7 @@ pub fn load_unchecked(options: &LoadOptions, files: &dyn Files) -> Result<Loaded
         base_dir: &base_dir,
         lookup: &lookup,
         read_file: &read,
+        age_identities: &options.age_identities,
         spans: &spans,
     };
     let (stack, more) = normalize::normalize(&file, &ctx);

@@ -25,6 +25,8 @@ pub struct Context<'a> {
     pub base_dir: &'a Path,
     pub lookup: &'a dyn Fn(&str) -> Option<String>,
     pub read_file: &'a dyn Fn(&Path) -> std::io::Result<Vec<u8>>,
+    /// Keys for secret and config files encrypted with age.
+    pub age_identities: &'a [crate::age::Identity],
     /// Where each field path was written (from `shape`).
     pub spans: &'a crate::diag::Spans,
 }
@@ -539,7 +541,13 @@ fn file_object(
     if let Some(file) = &def.file {
         let full = PathBuf::from(resolve_host_path(cx.ctx.base_dir, file, (cx.ctx.lookup)("HOME")));
         return match (cx.ctx.read_file)(&full) {
-            Ok(data) => Some((ContentSource::File, data, labels)),
+            Ok(data) => {
+                let encrypted = def.x_swarm.as_ref().and_then(|x| x.encrypted).is_some() || file.ends_with(".age");
+                if !encrypted {
+                    return Some((ContentSource::File, data, labels));
+                }
+                decrypt_file(cx, path, &full, &data).map(|data| (ContentSource::File, data, labels))
+            }
             Err(e) => {
                 cx.error(
                     &format!("{path}.file"),
@@ -566,6 +574,42 @@ fn file_object(
     def.content
         .as_ref()
         .map(|c| (ContentSource::Inline, c.clone().into_bytes(), labels))
+}
+
+/// Decrypts a secret or config file kept encrypted with age (`*.age`, or `x-swarm: {encrypted: age}`).
+fn decrypt_file(cx: &mut Cx<'_>, path: &str, full: &Path, data: &[u8]) -> Option<Vec<u8>> {
+    let field = format!("{path}.file");
+    if cx.ctx.age_identities.is_empty() {
+        cx.error(
+            &field,
+            format!("{} is encrypted with age and no age key was given", full.display()),
+            Some(
+                "pass `--age-key-file KEY` (or set SWARM_AGE_KEY_FILE); a git source takes `swarm source add ... \
+                 --age-key-file KEY`"
+                    .into(),
+            ),
+        );
+        return None;
+    }
+    match crate::age::decrypt(cx.ctx.age_identities, data) {
+        Ok(plain) => Some(plain),
+        Err(e) => {
+            let hint = match e {
+                crate::age::AgeError::NotAge => {
+                    "encrypt it with `age -r age1... -o FILE.age FILE`, or drop `x-swarm: {encrypted: age}` / the \
+                     `.age` name for a plain file"
+                }
+                crate::age::AgeError::NoMatchingKey(_) => "pass the key the file was encrypted to (`age -r` recipient)",
+                _ => "re-encrypt the file with `age -r age1...`",
+            };
+            cx.error(
+                &field,
+                format!("cannot decrypt {}: {e}", full.display()),
+                Some(hint.into()),
+            );
+            None
+        }
+    }
 }
 
 struct Refs<'a> {

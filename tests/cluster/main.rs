@@ -8,6 +8,7 @@
 mod common;
 mod harness;
 
+mod age;
 mod consistency;
 mod durability;
 mod failover;

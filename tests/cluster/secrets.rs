@@ -37,7 +37,7 @@ pub fn node_dir(c: &Cluster, name: &str) -> PathBuf {
     c.socket(name).parent().expect("socket in the node dir").to_path_buf()
 }
 
-fn data_dir(c: &Cluster, name: &str) -> PathBuf {
+pub fn data_dir(c: &Cluster, name: &str) -> PathBuf {
     node_dir(c, name).join("data")
 }
 
@@ -63,7 +63,7 @@ pub fn find_any(haystack: &[u8], needles: &[Vec<u8>]) -> Option<usize> {
 }
 
 /// The planted values as they could appear: raw, and base64 (as they travel in requests).
-fn needles(plants: &[String]) -> Vec<Vec<u8>> {
+pub fn needles(plants: &[String]) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     for p in plants {
         out.push(p.as_bytes().to_vec());
@@ -74,7 +74,7 @@ fn needles(plants: &[String]) -> Vec<Vec<u8>> {
 }
 
 /// Whether `dir` is a mount point of a tmpfs.
-fn is_tmpfs(dir: &Path) -> bool {
+pub fn is_tmpfs(dir: &Path) -> bool {
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let wanted = dir.display().to_string();
     info.lines().any(|l| {

@@ -59,6 +59,10 @@ pub struct Source {
     pub self_heal: bool,
     /// Which credentials the fetch uses (the credentials themselves are in [`SourceCredentials`]).
     pub auth: AuthKind,
+    /// The age recipients (`age1...`) whose keys the manager holds for this source: encrypt secret and config
+    /// files to one of them (`age -r`). The keys themselves are in [`SourceCredentials`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub age_recipients: Vec<String>,
     pub created_at: UnixMillis,
 }
 
@@ -92,6 +96,9 @@ pub struct SourceCredentials {
     /// A token for `https://` repositories (sent as the password; the user is the URL's, or `x-access-token`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// An age key file (`AGE-SECRET-KEY-1...` lines) that decrypts the source's `*.age` secret and config files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub age_key: Option<String>,
 }
 
 impl std::fmt::Debug for SourceCredentials {
@@ -101,6 +108,7 @@ impl std::fmt::Debug for SourceCredentials {
             .field("webhook_secret", &"<redacted>")
             .field("ssh_key", &self.ssh_key.as_ref().map(|_| "<redacted>"))
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("age_key", &self.age_key.as_ref().map(|_| "<redacted>"))
             .finish()
     }
 }
@@ -121,6 +129,14 @@ impl Object for SealedCredentials {
 }
 
 impl SourceCredentials {
+    /// The age identities that decrypt this source's encrypted files (none without `--age-key-file`).
+    pub fn age_identities(&self) -> Result<Vec<swarm_specs::age::Identity>, String> {
+        match &self.age_key {
+            None => Ok(Vec::new()),
+            Some(text) => swarm_specs::age::parse_identities(text).map_err(|e| format!("--age-key-file {e}")),
+        }
+    }
+
     fn context(name: &str) -> String {
         format!("source-credentials/{name}")
     }
@@ -311,6 +327,9 @@ pub struct SourceCreate {
     pub ssh_key: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// The text of an age key file, for encrypted secret and config files in the repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub age_key: Option<String>,
 }
 
 impl std::fmt::Debug for SourceCreate {
@@ -323,6 +342,7 @@ impl std::fmt::Debug for SourceCreate {
             .field("interval_ms", &self.interval_ms)
             .field("ssh_key", &self.ssh_key.as_ref().map(|_| "<redacted>"))
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("age_key", &self.age_key.as_ref().map(|_| "<redacted>"))
             .finish_non_exhaustive()
     }
 }
@@ -397,6 +417,14 @@ pub fn check_new_source(
         }
         (None, None) => AuthKind::None,
     };
+    let age_recipients = match &req.age_key {
+        None => Vec::new(),
+        Some(text) => swarm_specs::age::parse_identities(text)
+            .map_err(|e| format!("--age-key-file {e}"))?
+            .iter()
+            .map(swarm_specs::age::Identity::recipient)
+            .collect(),
+    };
     let source = Source {
         name: req.name.clone(),
         repo: repo.to_string(),
@@ -407,6 +435,7 @@ pub fn check_new_source(
         auto_sync: req.auto_sync,
         self_heal: req.self_heal && req.auto_sync,
         auth,
+        age_recipients,
         created_at: now,
     };
     let credentials = SourceCredentials {
@@ -414,6 +443,7 @@ pub fn check_new_source(
         webhook_secret,
         ssh_key: req.ssh_key.clone(),
         token: req.token.as_ref().map(|t| t.trim().to_string()),
+        age_key: req.age_key.clone(),
     };
     Ok((source, credentials))
 }
@@ -553,6 +583,7 @@ mod tests {
             self_heal: true,
             ssh_key: None,
             token: None,
+            age_key: None,
         }
     }
 
@@ -568,6 +599,22 @@ mod tests {
         assert!(!shown.contains("tok-123") && !shown.contains("s3cret"), "{shown}");
         let debug = format!("{creds:?} {req:?}");
         assert!(!debug.contains("tok-123") && !debug.contains("s3cret"), "{debug}");
+    }
+
+    #[test]
+    fn an_age_key_is_kept_with_the_credentials_and_only_its_recipient_shown() {
+        let id = swarm_specs::age::Identity::generate(&ring::rand::SystemRandom::new());
+        let mut req = create("file:///srv/apps");
+        req.age_key = Some(format!("# created by age-keygen\n{}\n", id.to_secret_string()));
+        let (source, creds) = check_new_source(&req, "s".into(), 0).unwrap();
+        assert_eq!(source.age_recipients, vec![id.recipient()]);
+        assert_eq!(creds.age_identities().unwrap()[0].recipient(), id.recipient());
+        let shown = format!("{} {creds:?} {req:?}", serde_json::to_string(&source).unwrap());
+        assert!(!shown.contains(&id.to_secret_string()), "{shown}");
+
+        req.age_key = Some("# comment\nAGE-SECRET-KEY-1NOTAKEY\n".into());
+        let err = check_new_source(&req, "s".into(), 0).unwrap_err();
+        assert!(err.starts_with("--age-key-file line 2: "), "{err}");
     }
 
     #[test]

@@ -331,7 +331,11 @@ fn fetch_and_load(
         return Ok(cached);
     }
     let tree = GitTree::at_commit(repo, commit).map_err(|e| e.to_string())?;
-    let stacks = snapshot::load(&tree, &source.path).map_err(|e| e.to_string())?;
+    let age = credentials
+        .map(SourceCredentials::age_identities)
+        .transpose()?
+        .unwrap_or_default();
+    let stacks = snapshot::load(&tree, &source.path, &age).map_err(|e| e.to_string())?;
     Ok(Arc::new(Snapshot {
         origin,
         commit: commit.to_string(),

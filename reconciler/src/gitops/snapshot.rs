@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use swarm_specs::age::Identity;
 use swarm_specs::spec::StackSpec;
 use swarm_specs::LoadOptions;
 
@@ -34,8 +35,9 @@ pub struct Snapshot {
 }
 
 /// Loads every stack under `path` at the tree's commit. The manager's environment is never used for
-/// interpolation: a stack in git sees only its `.env` (and the defaults written in the file).
-pub fn load(tree: &GitTree, path: &str) -> Result<Vec<LoadedStack>, LayoutError> {
+/// interpolation: a stack in git sees only its `.env` (and the defaults written in the file). Files encrypted with
+/// age are decrypted with `age` (the source's `--age-key-file`).
+pub fn load(tree: &GitTree, path: &str, age: &[Identity]) -> Result<Vec<LoadedStack>, LayoutError> {
     let commit = tree.commit().to_string();
     let root = tree.tree().map_err(|e| LayoutError::Git {
         commit: commit.clone(),
@@ -44,11 +46,11 @@ pub fn load(tree: &GitTree, path: &str) -> Result<Vec<LoadedStack>, LayoutError>
     let entries = layout::list(tree.repo(), &root, path, &commit)?;
     Ok(layout::discover(path, &entries)
         .into_iter()
-        .map(|found| load_one(tree, found))
+        .map(|found| load_one(tree, found, age))
         .collect())
 }
 
-fn load_one(tree: &GitTree, found: layout::StackLayout) -> LoadedStack {
+fn load_one(tree: &GitTree, found: layout::StackLayout, age: &[Identity]) -> LoadedStack {
     if let Some(problem) = found.problem {
         return LoadedStack {
             inputs: digest(&found.name, &BTreeMap::new()),
@@ -64,6 +66,7 @@ fn load_one(tree: &GitTree, found: layout::StackLayout) -> LoadedStack {
         env_file: None,
         stack: Some(found.name.clone()),
         environment: BTreeMap::new(),
+        age_identities: age.to_vec(),
     };
     let (spec, warnings) = match swarm_specs::load(&options, &recording) {
         Ok(loaded) => (
@@ -141,6 +144,7 @@ mod tests {
             load(
                 &GitTree::at_commit(git2::Repository::open(&repo_path).unwrap(), c).unwrap(),
                 "stacks",
+                &[],
             )
             .unwrap()
         };
@@ -170,7 +174,7 @@ mod tests {
                 "services:\n  s:\n    command: [\"true\"]\n    x-swarm: {driver: process}\n    secrets: [p]\nsecrets:\n  p:\n    file: /etc/passwd\n",
             ),
         ]);
-        let stacks = load(&GitTree::at_commit(repo, c).unwrap(), "").unwrap();
+        let stacks = load(&GitTree::at_commit(repo, c).unwrap(), "", &[]).unwrap();
         let stacks = by_name(&stacks);
         let web = stacks["web"].spec.as_ref().unwrap_err();
         assert!(

@@ -311,6 +311,7 @@ mod tests {
             auto_sync,
             self_heal,
             auth: AuthKind::None,
+            age_recipients: Vec::new(),
             created_at: 0,
         }
     }
