@@ -20,7 +20,12 @@ fn docker(args: &[&str]) -> Result<std::process::Output, String> {
 }
 
 /// Makes sure image `tag` exists, building it with `/VERSION` = `version` when it does not.
+///
+/// Tests of one binary run on parallel threads and may ask for the same image at once: one builds it, the others
+/// wait and find it.
 pub fn ensure_busybox_image(tag: &str, version: &str) -> Result<(), String> {
+    static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = BUILDING.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
     if docker(&["image", "inspect", tag])?.status.success() {
         return Ok(());
     }
