@@ -22,6 +22,7 @@ use swarm_specs::normalize::split_shell_words;
 use swarm_specs::spec::Driver;
 use swarm_specs::spec::EndpointMode;
 use swarm_specs::spec::FailureAction;
+use swarm_specs::spec::FileRef;
 use swarm_specs::spec::PortConfig;
 use swarm_specs::spec::Protocol;
 use swarm_specs::spec::PublishMode;
@@ -310,6 +311,12 @@ pub struct CreateArgs {
     /// Placement preference: spread=node.labels.NAME.
     #[arg(long = "placement-pref", value_name = "PREF")]
     pub placement_prefs: Vec<String>,
+    /// Give the tasks a secret: NAME, or source=NAME[,target=T][,uid=U][,gid=G][,mode=0400] (at /run/secrets/T).
+    #[arg(long = "secret", value_name = "SECRET")]
+    pub secrets: Vec<String>,
+    /// Give the tasks a config: NAME, or source=NAME[,target=/PATH][,uid=U][,gid=G][,mode=0444].
+    #[arg(long = "config", value_name = "CONFIG")]
+    pub configs: Vec<String>,
     #[command(flatten)]
     pub task: TaskFlags,
     /// Exit at once instead of waiting for the service to converge.
@@ -367,6 +374,18 @@ pub struct UpdateArgs {
     pub placement_pref_add: Vec<String>,
     #[arg(long, value_name = "PREF")]
     pub placement_pref_rm: Vec<String>,
+    /// Add or change a secret (as --secret of `service create`).
+    #[arg(long, value_name = "SECRET")]
+    pub secret_add: Vec<String>,
+    /// Remove a secret, by name.
+    #[arg(long, value_name = "NAME")]
+    pub secret_rm: Vec<String>,
+    /// Add or change a config (as --config of `service create`).
+    #[arg(long, value_name = "CONFIG")]
+    pub config_add: Vec<String>,
+    /// Remove a config, by name.
+    #[arg(long, value_name = "NAME")]
+    pub config_rm: Vec<String>,
     #[command(flatten)]
     pub task: TaskFlags,
     /// Replace the tasks even if nothing changed.
@@ -1613,6 +1632,78 @@ fn default_name(driver: DriverArg, args: &[String], suffix: &str) -> String {
 }
 
 /// The spec `service create` sends: Swarm's defaults (as a stack file service gets them) and the flags.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FileKind {
+    Secret,
+    Config,
+}
+
+/// `--secret` / `--config`: `NAME`, or `source=NAME,target=T,uid=U,gid=G,mode=M` as Docker takes them. A relative
+/// secret target lands under `/run/secrets/`, a relative config target under `/`, as in a stack file.
+fn parse_file_ref(flag: &str, kind: FileKind, text: &str) -> anyhow::Result<FileRef> {
+    let bad = |why: String| anyhow::anyhow!("--{flag} {text:?}: {why}");
+    let (mut source, mut target, mut uid, mut gid, mut mode) = (None, None, None, None, None);
+    if !text.contains('=') {
+        source = Some(text.trim().to_string());
+    } else {
+        for field in text.split(',') {
+            let (key, value) = field
+                .split_once('=')
+                .ok_or_else(|| bad(format!("{field:?} is not KEY=VALUE")))?;
+            let value = value.trim().to_string();
+            match key.trim() {
+                "source" | "src" => source = Some(value),
+                "target" => target = Some(value),
+                "uid" => uid = Some(value),
+                "gid" => gid = Some(value),
+                "mode" => {
+                    let m = u32::from_str_radix(&value, 8)
+                        .ok()
+                        .filter(|m| *m <= 0o7777)
+                        .ok_or_else(|| bad(format!("mode {value:?} is not an octal permission such as 0440")))?;
+                    mode = Some(m);
+                }
+                other => {
+                    return Err(bad(format!(
+                        "unknown key {other:?} (use source, target, uid, gid, mode)"
+                    )))
+                }
+            }
+        }
+    }
+    let source = source
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| bad("no source: give the name, or source=NAME".into()))?;
+    let target = target.filter(|t| !t.is_empty()).unwrap_or_else(|| source.clone());
+    let target = match (target.starts_with('/'), kind) {
+        (true, _) => target,
+        (false, FileKind::Secret) => format!("/run/secrets/{target}"),
+        (false, FileKind::Config) => format!("/{target}"),
+    };
+    for (what, id) in [("uid", &uid), ("gid", &gid)] {
+        if id.as_ref().is_some_and(|v| v.parse::<u32>().is_err()) {
+            return Err(bad(format!("{what} must be a number")));
+        }
+    }
+    Ok(FileRef {
+        source,
+        target,
+        uid: uid.unwrap_or_else(|| "0".into()),
+        gid: gid.unwrap_or_else(|| "0".into()),
+        mode: mode.unwrap_or(match kind {
+            FileKind::Secret => 0o400,
+            FileKind::Config => 0o444,
+        }),
+    })
+}
+
+/// Adds a reference, replacing one to the same object or at the same target.
+fn add_file_ref(refs: &mut Vec<FileRef>, new: FileRef) {
+    refs.retain(|r| r.source != new.source && r.target != new.target);
+    refs.push(new);
+    refs.sort();
+}
+
 fn build_spec(args: &CreateArgs, lookup: &dyn Fn(&str) -> Option<String>, suffix: &str) -> anyhow::Result<ServiceSpec> {
     let (driver, image, command) = match args.driver {
         DriverArg::Docker => {
@@ -1650,6 +1741,12 @@ fn build_spec(args: &CreateArgs, lookup: &dyn Fn(&str) -> Option<String>, suffix
     task.placement.constraints.dedup();
     for p in &args.placement_prefs {
         task.placement.preferences.push(parse_preference("placement-pref", p)?);
+    }
+    for r in &args.secrets {
+        add_file_ref(&mut task.secrets, parse_file_ref("secret", FileKind::Secret, r)?);
+    }
+    for r in &args.configs {
+        add_file_ref(&mut task.configs, parse_file_ref("config", FileKind::Config, r)?);
     }
     let mut labels = BTreeMap::new();
     for l in &args.labels {
@@ -1729,6 +1826,18 @@ fn apply_update(
         if !task.placement.preferences.contains(&p) {
             task.placement.preferences.push(p);
         }
+    }
+    for name in &args.secret_rm {
+        task.secrets.retain(|r| r.source != *name);
+    }
+    for r in &args.secret_add {
+        add_file_ref(&mut task.secrets, parse_file_ref("secret-add", FileKind::Secret, r)?);
+    }
+    for name in &args.config_rm {
+        task.configs.retain(|r| r.source != *name);
+    }
+    for r in &args.config_add {
+        add_file_ref(&mut task.configs, parse_file_ref("config-add", FileKind::Config, r)?);
     }
     for k in &args.container_label_rm {
         task.container_labels.remove(k);
@@ -2060,6 +2169,62 @@ mod tests {
         let long = "no suitable node (3 nodes: 3 lack 64 GiB memory)";
         assert_eq!(error_text(long, true), "\"no suitable node (3 nodes: 3 …\"");
         assert_eq!(error_text(long, false), format!("\"{long}\""));
+    }
+
+    #[test]
+    fn secrets_and_configs_are_given_as_docker_takes_them() {
+        let spec = spec_of(&[
+            "--secret",
+            "db",
+            "--secret",
+            "source=api_key,target=api,uid=1000,gid=1001,mode=0440",
+            "--config",
+            "src=app_conf,target=/etc/app.conf",
+            "--config",
+            "motd",
+            "busybox",
+        ]);
+        let text = |refs: &[FileRef]| {
+            refs.iter()
+                .map(|r| format!("{}>{}:{}:{}:{:o}", r.source, r.target, r.uid, r.gid, r.mode))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            text(&spec.task.secrets),
+            ["api_key>/run/secrets/api:1000:1001:440", "db>/run/secrets/db:0:0:400"]
+        );
+        assert_eq!(
+            text(&spec.task.configs),
+            ["app_conf>/etc/app.conf:0:0:444", "motd>/motd:0:0:444"]
+        );
+
+        let mut spec = spec;
+        let args = update_args(&[
+            "--secret-rm",
+            "db",
+            "--secret-add",
+            "source=db2,target=db",
+            "--config-rm",
+            "motd",
+            "web",
+        ]);
+        apply_update(&mut spec, &args, &no_env).unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(
+            text(&spec.task.secrets),
+            ["api_key>/run/secrets/api:1000:1001:440", "db2>/run/secrets/db:0:0:400"]
+        );
+        assert_eq!(text(&spec.task.configs), ["app_conf>/etc/app.conf:0:0:444"]);
+
+        for (flag, why) in [
+            ("source=db,mode=999", "is not an octal permission"),
+            ("target=x", "no source"),
+            ("source=db,owner=me", "unknown key \"owner\""),
+            ("source=db,uid=root", "uid must be a number"),
+            ("source=", "no source"),
+        ] {
+            let err = error_of(&["--secret", flag, "busybox"]);
+            assert!(err.contains("--secret") && err.contains(why), "{flag}: {err}");
+        }
     }
 
     #[test]

@@ -16,6 +16,8 @@ use axum::Router;
 use futures_util::StreamExt as _;
 use serde::Deserialize;
 use serde::Serialize;
+use swarm_specs::spec::ConfigSpec;
+use swarm_specs::spec::SecretSpec;
 use swarm_specs::spec::ServiceMode;
 use swarm_specs::spec::ServiceSpec;
 use swarm_specs::task::Task;
@@ -175,6 +177,31 @@ fn check_spec(spec: &ServiceSpec) -> Result<(), DaemonError> {
     Ok(())
 }
 
+/// Guards that every secret and config the service uses exists, and still does when the write applies (so a
+/// concurrent `secret rm` cannot slip in between).
+fn file_ref_guards(m: &Manager, spec: &ServiceSpec) -> Result<Vec<Guard>, DaemonError> {
+    let mut guards = Vec::new();
+    for r in &spec.task.secrets {
+        let Some((_, revision)) = store::get::<SecretSpec>(&m.sm, &r.source) else {
+            return Err(DaemonError::Refused(format!(
+                "service {}: secret {} does not exist; create it first (`swarm secret create {} FILE`)",
+                spec.name, r.source, r.source
+            )));
+        };
+        guards.push(guard(SecretSpec::TABLE, &r.source, revision));
+    }
+    for r in &spec.task.configs {
+        let Some((_, revision)) = store::get::<ConfigSpec>(&m.sm, &r.source) else {
+            return Err(DaemonError::Refused(format!(
+                "service {}: config {} does not exist; create it first (`swarm config create {} FILE`)",
+                spec.name, r.source, r.source
+            )));
+        };
+        guards.push(guard(ConfigSpec::TABLE, &r.source, revision));
+    }
+    Ok(guards)
+}
+
 async fn create_service(
     State(d): State<Arc<Daemon>>,
     Extension(peer): Peer,
@@ -184,14 +211,20 @@ async fn create_service(
     operator(&peer, &local)?;
     check_spec(&spec)?;
     let m = d.require_manager()?;
+    let mut guards = vec![guard(Service::TABLE, &spec.name, 0)];
+    guards.extend(file_ref_guards(&m, &spec)?);
     let service = Service::new(crate::ca::new_id(), spec, now_millis());
     let request = Request {
-        guards: vec![guard(Service::TABLE, service.name(), 0)],
+        guards,
         ops: vec![store::put(&service)],
     };
     match m.write(request).await? {
-        WriteResponse::GuardFailed { .. } => Err(DaemonError::Refused(format!(
+        WriteResponse::GuardFailed { index: 0, .. } => Err(DaemonError::Refused(format!(
             "service {} already exists; use `swarm service update`",
+            service.name()
+        ))),
+        WriteResponse::GuardFailed { .. } => Err(DaemonError::Refused(format!(
+            "service {}: a secret or config it uses changed while it was being created; run the command again",
             service.name()
         ))),
         _ => Ok(Json(service)),
@@ -220,11 +253,13 @@ async fn update_service(
             service.version
         )));
     }
+    let mut guards = vec![guard(Service::TABLE, service.name(), revision)];
+    guards.extend(file_ref_guards(&m, &update.spec)?);
     let Some(updated) = service.updated(update.spec, update.force, now_millis()) else {
         return Ok(Json(service));
     };
     let request = Request {
-        guards: vec![guard(Service::TABLE, service.name(), revision)],
+        guards,
         ops: vec![store::put(&updated)],
     };
     match m.write(request).await? {

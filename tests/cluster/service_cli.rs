@@ -108,3 +108,101 @@ fn a_service_is_created_updated_scaled_inspected_and_removed_as_with_docker() {
         }
     });
 }
+
+#[test]
+fn a_service_gets_secrets_and_configs_from_flags_and_keeps_them_from_being_removed() {
+    let mut c = Cluster::new();
+    c.init("m1");
+    c.wait_all_ready();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    c.swarm("m1", &["secret", "create", "token", &file("token", "opensesame")])
+        .ok();
+    c.swarm("m1", &["config", "create", "greeting", &file("greeting", "hello")])
+        .ok();
+    let reader = "trap 'exit 0' TERM; echo read $(cat $SWARM_SECRETS_DIR/tok) $(cat $SWARM_CONFIGS_DIR/etc/greeting) \
+                  $(stat -c %a $SWARM_SECRETS_DIR/tok); while true; do sleep 0.2; done";
+
+    // A missing secret is refused before anything is created.
+    c.swarm(
+        "m1",
+        &[
+            "service", "create", "--driver", "process", "--name", "app", "--secret", "nope", "--", "sh", "-c", reader,
+        ],
+    )
+    .fails_with("secret nope does not exist; create it first");
+    c.swarm(
+        "m1",
+        &["service", "create", "--driver", "process", "--name", "app", "--detach"],
+    )
+    .fails_with("COMMAND");
+
+    c.swarm(
+        "m1",
+        &[
+            "service",
+            "create",
+            "--driver",
+            "process",
+            "--name",
+            "app",
+            "--stop-grace-period",
+            "2s",
+            "--secret",
+            "source=token,target=tok,mode=0440",
+            "--config",
+            "source=greeting,target=/etc/greeting",
+            "--",
+            "sh",
+            "-c",
+            reader,
+        ],
+    )
+    .ok();
+    wait_until("the task read its secret and config", Duration::from_secs(20), || {
+        let logs = c.swarm("m1", &["service", "logs", "app"]);
+        logs.stdout
+            .contains("read opensesame hello 440")
+            .then_some(())
+            .ok_or_else(|| logs.show())
+    });
+
+    // In use: not removable. Once the service lets go of it (an update), it is.
+    c.swarm("m1", &["secret", "rm", "token"]).fails_with("app");
+    c.swarm(
+        "m1",
+        &[
+            "service",
+            "update",
+            "--secret-rm",
+            "token",
+            "--config-rm",
+            "greeting",
+            "--detach",
+            "app",
+        ],
+    )
+    .ok();
+    wait_until("the secret can be removed", Duration::from_secs(20), || {
+        let rm = c.swarm("m1", &["secret", "rm", "token"]);
+        (rm.code == 0).then_some(()).ok_or_else(|| rm.show())
+    });
+    c.swarm("m1", &["service", "update", "--secret-add", "token", "app"])
+        .fails_with("secret token does not exist");
+    let inspect = c.swarm("m1", &["service", "inspect", "app"]).ok();
+    let inspect: Value = serde_json::from_str(&inspect.stdout).expect("inspect JSON");
+    let task = &inspect[0]["Spec"]["task"];
+    assert_eq!(
+        (&task["secrets"], &task["configs"]),
+        (&Value::Array(vec![]), &Value::Array(vec![])),
+        "{inspect:#}"
+    );
+    assert_eq!(
+        inspect[0]["PreviousSpec"]["task"]["secrets"][0]["target"], "/run/secrets/tok",
+        "{inspect:#}"
+    );
+}
