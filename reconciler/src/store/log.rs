@@ -1,8 +1,9 @@
 //! The Raft log on redb: entries keyed by index, plus the vote and the committed and purged log ids.
 //!
 //! Every write is one redb transaction committed with immediate durability (fsync) before the call returns, so
-//! openraft's `append` callback fires only for entries that are on disk. Writes run inline: the Raft core awaits
-//! them anyway, and staying off the blocking pool keeps simulation tests with paused time deterministic.
+//! openraft's `append` callback fires only for entries that are on disk — except the committed log id, which is a
+//! hint (see [`RaftLogStorage::save_committed`] below). Writes run inline: the Raft core awaits them anyway, and
+//! staying off the blocking pool keeps simulation tests with paused time deterministic.
 
 use std::fmt::Debug;
 use std::ops::Bound;
@@ -15,6 +16,7 @@ use openraft::ErrorSubject;
 use openraft::ErrorVerb;
 use openraft::RaftLogReader;
 use redb::Database;
+use redb::Durability;
 use redb::ReadableDatabase;
 use redb::ReadableTable;
 use redb::TableDefinition;
@@ -68,9 +70,10 @@ impl LogStore {
         from_json(name, bytes.value()).map(Some)
     }
 
-    fn write_meta<T: serde::Serialize>(&self, name: &str, value: &T) -> Result<(), StoreError> {
+    fn write_meta<T: serde::Serialize>(&self, name: &str, value: &T, durability: Durability) -> Result<(), StoreError> {
         let bytes = to_json(name, value)?;
-        let txn = self.db.begin_write()?;
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(durability)?;
         txn.open_table(LOG_META)?.insert(name, bytes.as_slice())?;
         txn.commit()?;
         Ok(())
@@ -160,7 +163,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &typ::Vote) -> Result<(), typ::StorageError> {
-        self.write_meta(VOTE, vote)
+        self.write_meta(VOTE, vote, Durability::Immediate)
             .map_err(|e| e.into_raft(ErrorSubject::Vote, ErrorVerb::Write))
     }
 
@@ -169,8 +172,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(|e| e.into_raft(ErrorSubject::Vote, ErrorVerb::Read))
     }
 
+    /// Not fsynced: the committed id only saves a restarted manager from waiting for the leader before it applies
+    /// what it already has. A crash can only lose the latest value (redb falls back to its last durable commit,
+    /// and the next log append is one), so the id read back is never ahead of what was committed.
     async fn save_committed(&mut self, committed: Option<typ::LogId>) -> Result<(), typ::StorageError> {
-        self.write_meta(COMMITTED, &committed)
+        self.write_meta(COMMITTED, &committed, Durability::None)
             .map_err(|e| e.into_raft(ErrorSubject::Store, ErrorVerb::Write))
     }
 

@@ -1,6 +1,8 @@
 //! The manager's Raft store: openraft types, the redb-backed log and state machine, snapshots and the watch stream.
 //!
-//! Everything lives in one redb file, `<dir>/raft.redb`, and every write is fsynced before it returns:
+//! Everything lives in one redb file, `<dir>/raft.redb`; log appends, the vote, truncation, purges and snapshots
+//! are fsynced before they return, applying and the committed id are made durable by the next of those (see
+//! `state_machine`):
 //! - the Raft log ([`LogStore`]): entries keyed by index, plus the vote, the committed and the purged log id;
 //! - the state machine ([`StateMachineStore`]): generic tables of JSON values, each key with its *mod revision*
 //!   (the log index of the entry that last wrote it), the last applied log id and membership, and the current
@@ -109,7 +111,7 @@ pub struct Stores {
 }
 
 /// Opens (creating if needed) `<dir>/raft.redb`: log, vote, committed, purged, state machine and the current
-/// snapshot in one redb file; every write is durable (fsync) before it returns.
+/// snapshot in one redb file (what is fsynced when: see the module documentation).
 ///
 /// The file is locked while the returned stores (or any clone, or a `Raft` holding them) are alive; a second
 /// `open` of the same directory fails with [`StoreError::Open`].

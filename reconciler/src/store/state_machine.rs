@@ -1,8 +1,15 @@
 //! The state machine on redb: generic tables of JSON values with mod revisions, snapshots, and the watch stream.
 //!
 //! redb holds the truth; an in-memory copy serves reads so readers never wait for a disk write. A write
-//! (apply or snapshot install) is computed against the copy, committed to redb in one transaction (fsync),
-//! then published to the copy, then broadcast: a watcher never sees a change that a crash could undo.
+//! (apply or snapshot install) is computed against the copy, committed to redb in one transaction, then published
+//! to the copy, then broadcast.
+//!
+//! Applying is not fsynced, installing a snapshot and building one are. The state machine shares its redb file
+//! with the Raft log, and redb makes a commit without durability durable with the next durable one, which the
+//! next log append is; a crash in between rolls the state machine back to an older `last_applied`, and the
+//! restarted manager applies the same committed entries again from its log (whose entries are only purged by a
+//! durable write after a snapshot, which is itself durable). So a watcher may see a change again after a crash,
+//! never one that the cluster did not commit; and a write costs one fsync on the leader's path instead of three.
 
 use std::collections::BTreeMap;
 use std::io::Cursor;
@@ -18,6 +25,7 @@ use openraft::ErrorSubject;
 use openraft::ErrorVerb;
 use openraft::RaftSnapshotBuilder;
 use redb::Database;
+use redb::Durability;
 use redb::ReadTransaction;
 use redb::ReadableDatabase;
 use redb::ReadableTable;
@@ -190,7 +198,8 @@ impl StateMachineStore {
             }
         }
 
-        let txn = self.inner.db.begin_write()?;
+        let mut txn = self.inner.db.begin_write()?;
+        txn.set_durability(Durability::None)?;
         {
             let mut kv = txn.open_table(KV)?;
             for (table, keys) in &batch.writes {
