@@ -77,6 +77,8 @@ use super::LABEL_SLOT;
 use super::LABEL_STACK;
 use super::LABEL_TASK;
 
+/// How often the supervisor looks at a quiet docker task anyway (see [`Driver::resync_interval`]).
+const RESYNC: Duration = Duration::from_secs(10);
 /// How long one engine request may take to answer (streams — logs, events, wait — only to start answering).
 const REQUEST_TIMEOUT_SECS: u64 = 120;
 /// `available()` gives up on a silent engine after this long.
@@ -86,6 +88,9 @@ const KILL_WAIT: Duration = Duration::from_secs(30);
 /// Reconnect delays of the event stream: doubled after each failure, reset by the first event.
 const EVENTS_BACKOFF_MIN: Duration = Duration::from_millis(100);
 const EVENTS_BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// One image lookup (inspect, pull) shared by the tasks that wait for it: its outcome once known.
+type ImageLookup = Arc<tokio::sync::Mutex<Option<Result<(), DriverError>>>>;
 
 /// Runs tasks as containers of the Docker Engine behind a unix socket, for one node.
 #[derive(Clone)]
@@ -106,6 +111,10 @@ struct Inner {
     /// Images seen present, so that starting many tasks of one image asks the engine once (a create that then
     /// finds the image gone forgets it and tries again).
     images: Mutex<std::collections::HashSet<String>>,
+    /// Per image, held while one task looks it up (or pulls it), then holding its outcome: the tasks of a burst
+    /// that need the same unknown image share that one answer instead of each asking the engine. An entry goes
+    /// once the last task waiting on it has its answer, so a later task asks again.
+    image_lookups: Mutex<HashMap<String, ImageLookup>>,
     /// Serializes network creation within this driver.
     networks: tokio::sync::Mutex<()>,
     /// Held (shared) from a task's network check to its container's creation; held alone to prune networks.
@@ -138,6 +147,7 @@ impl DockerDriver {
                 engine: Mutex::new(None),
                 ids: Mutex::new(HashMap::new()),
                 images: Mutex::new(std::collections::HashSet::new()),
+                image_lookups: Mutex::new(HashMap::new()),
                 networks: tokio::sync::Mutex::new(()),
                 networks_in_use: tokio::sync::RwLock::new(()),
             }),
@@ -249,6 +259,45 @@ impl Driver for DockerDriver {
     /// poll), so `events()` then `list()` misses nothing. Reconnects with backoff and resumes after the last event
     /// seen; the stream only ends when it is dropped.
     fn events(&self) -> BoxStream<'static, DriverEvent> {
+        let inner = self.inner.clone();
+        self.engine_events()
+            .then(move |event| {
+                let inner = inner.clone();
+                async move { inner.resolve(event).await }
+            })
+            .filter_map(futures_util::future::ready)
+            .boxed()
+    }
+
+    /// The same engine events as [`DockerDriver::events`], without asking the engine what a `start` or an exit
+    /// without its code means: a woken task inspects its container anyway.
+    fn wakes(&self) -> BoxStream<'static, String> {
+        self.engine_events().map(|event| event.task_id).boxed()
+    }
+
+    /// The engine's event stream is complete: it is resumed after the last event seen on a reconnect, and every
+    /// task is woken after one. The resync only covers what could still slip through, so it can be slow — a
+    /// resync of each task every second would be an inspect per task per second, which the engine, the
+    /// bottleneck when many tasks start at once, has to serve between the creates and starts.
+    fn resync_interval(&self) -> Duration {
+        RESYNC
+    }
+
+    fn logs<'a>(&'a self, task_id: &'a str, options: LogOptions) -> BoxStream<'a, Result<LogLine, DriverError>> {
+        let inner = self.inner.clone();
+        let task_id = task_id.to_string();
+        stream::once(async move { inner.log_lines(&task_id, options).await })
+            .flat_map(|lines| match lines {
+                Ok(lines) => lines,
+                Err(e) => stream::iter([Err(e)]).boxed(),
+            })
+            .boxed()
+    }
+}
+
+impl DockerDriver {
+    /// This node's task events as the engine reports them (see [`Driver::events`]), before any inspect.
+    fn engine_events(&self) -> BoxStream<'static, EngineEvent> {
         let (tx, rx) = mpsc::channel(256);
         let pump = pump_events(self.inner.clone(), unix_nanos(SystemTime::now()), tx);
         match tokio::runtime::Handle::try_current() {
@@ -264,17 +313,6 @@ impl Driver for DockerDriver {
             .flatten()
             .boxed(),
         }
-    }
-
-    fn logs<'a>(&'a self, task_id: &'a str, options: LogOptions) -> BoxStream<'a, Result<LogLine, DriverError>> {
-        let inner = self.inner.clone();
-        let task_id = task_id.to_string();
-        stream::once(async move { inner.log_lines(&task_id, options).await })
-            .flat_map(|lines| match lines {
-                Ok(lines) => lines,
-                Err(e) => stream::iter([Err(e)]).boxed(),
-            })
-            .boxed()
     }
 }
 
@@ -441,9 +479,40 @@ impl Inner {
 
     /// The image is local, or pulled now; a failed pull rejects the task, naming image and node.
     async fn ensure_image(&self, docker: &Docker, image: &str) -> Result<(), DriverError> {
-        if self.images.lock().is_ok_and(|known| known.contains(image)) {
+        let known = || self.images.lock().is_ok_and(|known| known.contains(image));
+        if known() {
             return Ok(());
         }
+        // One lookup per image at a time: the others of a burst wait for it and share its outcome.
+        let lookup = self
+            .image_lookups
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(image.to_string())
+            .or_default()
+            .clone();
+        let looked_up = {
+            let mut outcome = lookup.lock().await;
+            match &*outcome {
+                Some(shared) => shared.clone(),
+                None => {
+                    let answer = self.look_up_image(docker, image).await;
+                    *outcome = Some(answer.clone());
+                    answer
+                }
+            }
+        };
+        if let Ok(mut lookups) = self.image_lookups.lock() {
+            // The last one out (the map's reference and ours are all that is left) removes the entry.
+            if Arc::strong_count(&lookup) <= 2 {
+                lookups.remove(image);
+            }
+        }
+        looked_up
+    }
+
+    /// Inspects `image`, pulling it when it is missing; remembers it when present.
+    async fn look_up_image(&self, docker: &Docker, image: &str) -> Result<(), DriverError> {
         match docker.inspect_image(image).await {
             Ok(_) => {
                 if let Ok(mut known) = self.images.lock() {
@@ -475,7 +544,12 @@ impl Inner {
             }
         }
         match docker.inspect_image(image).await {
-            Ok(_) => Ok(()),
+            Ok(_) => {
+                if let Ok(mut known) = self.images.lock() {
+                    known.insert(image.to_string());
+                }
+                Ok(())
+            }
             Err(e) if status_of(&e) == Some(404) => Err(not_available("the pull finished without it".into())),
             Err(e) => Err(self.engine_error(&format!("inspecting image {image:?}"), e)),
         }
@@ -807,21 +881,31 @@ impl Inner {
         .boxed())
     }
 
-    /// Turns one engine event into a task event, when it concerns one of this node's tasks.
-    async fn task_event(&self, docker: &Docker, message: EventMessage) -> Option<DriverEvent> {
+    /// The engine event about one of this node's tasks, when it is one.
+    fn engine_event(&self, message: EventMessage) -> Option<EngineEvent> {
         let actor = message.actor?;
         let attributes = actor.attributes.unwrap_or_default();
         if attributes.get(LABEL_NODE) != Some(&self.node_id) {
             return None;
         }
         let task_id = attributes.get(LABEL_TASK)?.clone();
-        let observed = match event_meaning(message.action.as_deref()?, &attributes)? {
+        let meaning = event_meaning(message.action.as_deref()?, &attributes)?;
+        Some(EngineEvent {
+            task_id,
+            container_id: actor.id,
+            meaning,
+        })
+    }
+
+    /// What an engine event says about its task, asking the engine when the event does not say it all.
+    async fn resolve(&self, event: EngineEvent) -> Option<DriverEvent> {
+        let observed = match event.meaning {
             EventMeaning::Observed(observed) => observed,
             // The event does not say whether there is a healthcheck (or the exit code): ask.
             EventMeaning::Inspect { started } => {
-                let observed = match &actor.id {
-                    Some(id) => self.observe(docker, id).await.ok(),
-                    None => None,
+                let observed = match (&event.container_id, self.client().await) {
+                    (Some(id), Ok(docker)) => self.observe(&docker, id).await.ok(),
+                    _ => None,
                 };
                 match observed {
                     Some(Observed::Running { health }) => Observed::Running { health },
@@ -833,8 +917,47 @@ impl Inner {
                 }
             }
         };
-        Some(DriverEvent { task_id, observed })
+        Some(DriverEvent {
+            task_id: event.task_id,
+            observed,
+        })
     }
+
+    /// After the event stream was lost: an event for every task of this node, as it is now, and `Missing` for each
+    /// remembered one that is gone — whatever the engine could not replay (it restarted meanwhile) is covered.
+    async fn everything_now(&self) -> Vec<EngineEvent> {
+        let Ok(listed) = self.list().await else {
+            return Vec::new();
+        };
+        let mut gone: std::collections::HashSet<String> = self
+            .ids
+            .lock()
+            .map(|ids| ids.keys().cloned().collect())
+            .unwrap_or_default();
+        let mut events = Vec::with_capacity(listed.len() + gone.len());
+        for (task_id, observed) in listed {
+            gone.remove(&task_id);
+            events.push(EngineEvent {
+                task_id,
+                container_id: None,
+                meaning: EventMeaning::Observed(observed),
+            });
+        }
+        events.extend(gone.into_iter().map(|task_id| EngineEvent {
+            task_id,
+            container_id: None,
+            meaning: EventMeaning::Observed(Observed::Missing),
+        }));
+        events
+    }
+}
+
+/// An engine event about one of this node's tasks.
+#[derive(Debug)]
+struct EngineEvent {
+    task_id: String,
+    container_id: Option<String>,
+    meaning: EventMeaning,
 }
 
 struct LogState {
@@ -848,7 +971,7 @@ struct LogState {
 
 /// Forwards this node's container events into `tx` until the receiver is dropped, reconnecting with backoff and
 /// resuming after the last event it forwarded (the engine replays recent events given `since`).
-async fn pump_events(inner: Arc<Inner>, since_nanos: i64, tx: mpsc::Sender<DriverEvent>) {
+async fn pump_events(inner: Arc<Inner>, since_nanos: i64, tx: mpsc::Sender<EngineEvent>) {
     let mut last_seen = since_nanos.saturating_sub(1);
     let mut backoff = EVENTS_BACKOFF_MIN;
     let filters = HashMap::from([
@@ -859,8 +982,17 @@ async fn pump_events(inner: Arc<Inner>, since_nanos: i64, tx: mpsc::Sender<Drive
             ["start", "die", "destroy", "health_status"].map(String::from).to_vec(),
         ),
     ]);
+    let mut reconnecting = false;
     loop {
         if let Ok(docker) = inner.client().await {
+            if reconnecting {
+                for event in inner.everything_now().await {
+                    if tx.send(event).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            reconnecting = true;
             let options = EventsOptions {
                 since: Some(format_since(last_seen.saturating_add(1))),
                 until: None,
@@ -884,7 +1016,7 @@ async fn pump_events(inner: Arc<Inner>, since_nanos: i64, tx: mpsc::Sender<Drive
                             continue;
                         }
                         last_seen = last_seen.max(at);
-                        if let Some(event) = inner.task_event(&docker, message).await {
+                        if let Some(event) = inner.engine_event(message) {
                             if tx.send(event).await.is_err() {
                                 return;
                             }

@@ -12,6 +12,9 @@ use swarm_specs::spec::TaskSpec;
 pub mod docker;
 pub mod process;
 
+/// The resync of a driver whose events may be missed (see [`Driver::resync_interval`]).
+pub const DEFAULT_RESYNC: Duration = Duration::from_secs(1);
+
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Labels every runtime object of ours carries, so the agent can find (adopt) and clean up its own work.
@@ -107,7 +110,7 @@ pub struct LogLine {
     pub text: String,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum DriverError {
     /// The task cannot run on this node as specified; the message says why (image, path, node).
     #[error("{0}")]
@@ -145,5 +148,15 @@ pub trait Driver: Send + Sync {
     fn list(&self) -> BoxFuture<'_, Result<Vec<(String, Observed)>, DriverError>>;
     /// Changes as they happen (exit, removal, health). Start it before `list` so nothing falls in between.
     fn events(&self) -> BoxStream<'static, DriverEvent>;
+    /// The ids of the tasks [`Driver::events`] would report, as they happen, for whoever only needs to know which
+    /// task to look at again (the supervisor): a driver may save the work of saying what happened.
+    fn wakes(&self) -> BoxStream<'static, String> {
+        use futures_util::StreamExt as _;
+        self.events().map(|event| event.task_id).boxed()
+    }
+    /// How often the supervisor looks at a task anyway when no event woke it, to cover events the driver may miss.
+    fn resync_interval(&self) -> Duration {
+        DEFAULT_RESYNC
+    }
     fn logs<'a>(&'a self, task_id: &'a str, options: LogOptions) -> BoxStream<'a, Result<LogLine, DriverError>>;
 }
