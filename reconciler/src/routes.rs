@@ -180,26 +180,24 @@ fn check_spec(spec: &ServiceSpec) -> Result<(), DaemonError> {
 /// Guards that every secret and config the service uses exists, and still does when the write applies (so a
 /// concurrent `secret rm` cannot slip in between).
 fn file_ref_guards(m: &Manager, spec: &ServiceSpec) -> Result<Vec<Guard>, DaemonError> {
-    let mut guards = Vec::new();
-    for r in &spec.task.secrets {
-        let Some((_, revision)) = store::get::<SecretSpec>(&m.sm, &r.source) else {
-            return Err(DaemonError::Refused(format!(
-                "service {}: secret {} does not exist; create it first (`swarm secret create {} FILE`)",
-                spec.name, r.source, r.source
-            )));
-        };
-        guards.push(guard(SecretSpec::TABLE, &r.source, revision));
-    }
-    for r in &spec.task.configs {
-        let Some((_, revision)) = store::get::<ConfigSpec>(&m.sm, &r.source) else {
-            return Err(DaemonError::Refused(format!(
-                "service {}: config {} does not exist; create it first (`swarm config create {} FILE`)",
-                spec.name, r.source, r.source
-            )));
-        };
-        guards.push(guard(ConfigSpec::TABLE, &r.source, revision));
-    }
-    Ok(guards)
+    let secrets = spec.task.secrets.iter().map(|r| {
+        let revision = store::get::<SecretSpec>(&m.sm, &r.source).map(|(_, rev)| rev);
+        ("secret", SecretSpec::TABLE, &r.source, revision)
+    });
+    let configs = spec.task.configs.iter().map(|r| {
+        let revision = store::get::<ConfigSpec>(&m.sm, &r.source).map(|(_, rev)| rev);
+        ("config", ConfigSpec::TABLE, &r.source, revision)
+    });
+    secrets
+        .chain(configs)
+        .map(|(kind, table, name, revision)| match revision {
+            Some(revision) => Ok(guard(table, name, revision)),
+            None => Err(DaemonError::Refused(format!(
+                "service {}: {kind} {name} does not exist; create it first (`swarm {kind} create {name} FILE`)",
+                spec.name
+            ))),
+        })
+        .collect()
 }
 
 async fn create_service(

@@ -498,20 +498,32 @@ fn hrp_expand(hrp: &str) -> Vec<u8> {
     out
 }
 
-fn bech32_encode(hrp: &str, data: &[u8]) -> String {
-    let mut values = Vec::new();
-    let (mut acc, mut bits) = (0u32, 0);
-    for b in data {
-        acc = (acc << 8) | u32::from(*b);
-        bits += 8;
-        while bits >= 5 {
-            bits -= 5;
-            values.push(((acc >> bits) & 31) as u8);
+/// Regroups `from`-bit values into `to`-bit values (BIP 173's `convertbits`): bytes into 5-bit groups, the last
+/// one padded with zero bits, or back, where the padding must be fewer than `from` zero bits.
+fn regroup(data: &[u8], from: u32, to: u32) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(data.len() * from as usize / to as usize + 1);
+    let (mut acc, mut bits) = (0u32, 0u32);
+    for v in data {
+        acc = (acc << from) | u32::from(*v);
+        bits += from;
+        while bits >= to {
+            bits -= to;
+            out.push(((acc >> bits) & ((1 << to) - 1)) as u8);
         }
+        acc &= (1 << bits) - 1;
     }
-    if bits > 0 {
-        values.push(((acc << (5 - bits)) & 31) as u8);
+    if to < from {
+        if bits > 0 {
+            out.push((acc << (to - bits)) as u8);
+        }
+    } else if bits >= from || acc != 0 {
+        return None;
     }
+    Some(out)
+}
+
+fn bech32_encode(hrp: &str, data: &[u8]) -> String {
+    let mut values = regroup(data, 8, 5).unwrap_or_default();
     let check = polymod(hrp_expand(hrp).into_iter().chain(values.iter().copied()).chain([0; 6])) ^ 1;
     values.extend((0..6).map(|i| ((check >> (5 * (5 - i))) & 31) as u8));
     let mut out = format!("{hrp}1");
@@ -533,21 +545,7 @@ fn bech32_decode(text: &str) -> Result<(String, Vec<u8>), String> {
     if polymod(hrp_expand(hrp).into_iter().chain(values.iter().copied())) != 1 {
         return Err("the key's checksum does not match: it was mistyped or cut".into());
     }
-    let values = &values[..values.len() - 6];
-    let mut out = Vec::new();
-    let (mut acc, mut bits) = (0u32, 0);
-    for v in values {
-        acc = (acc << 5) | u32::from(*v);
-        bits += 5;
-        if bits >= 8 {
-            bits -= 8;
-            out.push((acc >> bits) as u8);
-            acc &= (1 << bits) - 1;
-        }
-    }
-    if bits >= 5 || acc != 0 {
-        return Err("not a Bech32 string: bad padding".into());
-    }
+    let out = regroup(&values[..values.len() - 6], 5, 8).ok_or("not a Bech32 string: bad padding")?;
     Ok((hrp.to_string(), out))
 }
 
@@ -662,6 +660,11 @@ mod tests {
             bad.extend_from_slice(&file[at..]);
             let result = decrypt(std::slice::from_ref(&id), &bad);
             prop_assert!(insert.is_empty() || result.is_err() || result.as_deref() == Ok(b"data".as_slice()));
+        }
+
+        #[test]
+        fn bech32_round_trips(data in proptest::collection::vec(any::<u8>(), 0..64)) {
+            prop_assert_eq!(bech32_decode(&bech32_encode("age", &data)), Ok(("age".to_string(), data)));
         }
 
         #[test]

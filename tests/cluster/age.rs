@@ -20,6 +20,7 @@ use crate::secrets::find_any;
 use crate::secrets::is_tmpfs;
 use crate::secrets::needles;
 use crate::secrets::node_dir;
+use crate::secrets::secret_names;
 
 /// A process-driver stack whose task prints `ok <SHA-256 of the secret> <config>` (the secret itself would land
 /// in the task's log file).
@@ -48,14 +49,6 @@ configs:
 fn encrypt_to(id: &age::Identity, plain: &str) -> Vec<u8> {
     let recipient = age::parse_recipient(&id.recipient()).expect("our own recipient parses");
     age::encrypt(&[recipient], plain.as_bytes(), &SystemRandom::new())
-}
-
-fn secret_names(c: &Cluster) -> Vec<String> {
-    let out = c.swarm("m1", &["secret", "ls"]).ok().stdout;
-    out.lines()
-        .skip(1)
-        .filter_map(|l| l.split_whitespace().nth(1).map(str::to_string))
-        .collect()
 }
 
 #[test]
@@ -122,7 +115,7 @@ fn secrets_encrypted_with_age_in_git_reach_the_task_and_nothing_else() {
         let logs = c.swarm("m1", &["service", "logs", "app_app"]);
         logs.stdout.contains(&expected).then_some(()).ok_or_else(|| logs.show())
     });
-    let names = secret_names(&c);
+    let names = secret_names(&c, "m1");
     assert_eq!(names.len(), 1, "{names:?}");
 
     // The same value encrypted again is a different file but not a new secret: nothing rotates.
@@ -131,7 +124,7 @@ fn secrets_encrypted_with_age_in_git_reach_the_task_and_nothing_else() {
     c.swarm("m1", &["source", "sync", "apps"]).ok();
     wait_synced(&c, "m1", "apps", "app", &second, Duration::from_secs(30));
     assert_eq!(
-        secret_names(&c),
+        secret_names(&c, "m1"),
         names,
         "re-encrypting the same value rotated the secret"
     );
@@ -163,7 +156,7 @@ fn secrets_encrypted_with_age_in_git_reach_the_task_and_nothing_else() {
         second.as_str(),
         "{info:#}"
     );
-    assert_eq!(secret_names(&c), names);
+    assert_eq!(secret_names(&c, "m1"), names);
 
     // The CLI decrypts locally: without the key it says which flag is missing, with it the stack deploys.
     let local = dir.path().join("local");

@@ -177,7 +177,8 @@ fn swarm_with_input(c: &Cluster, name: &str, args: &[&str], input: &str) -> Run 
     }
 }
 
-fn secret_names(c: &Cluster, manager: &str) -> Vec<String> {
+/// The stored names `secret ls` lists.
+pub fn secret_names(c: &Cluster, manager: &str) -> Vec<String> {
     let out = c.swarm(manager, &["secret", "ls"]).ok().stdout;
     out.lines()
         .skip(1)
