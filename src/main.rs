@@ -145,6 +145,9 @@ enum Command {
         /// Finished tasks kept per slot.
         #[arg(long, value_name = "N")]
         task_history_limit: Option<u32>,
+        /// Earlier versions of each stack secret or config kept once unused, for `stack rollback` (default 2).
+        #[arg(long, value_name = "N")]
+        secret_history_limit: Option<u32>,
         /// Turn autolock on (a new unlock key is printed once) or off.
         #[arg(long, value_name = "true|false", num_args = 0..=1, default_missing_value = "true")]
         autolock: Option<bool>,
@@ -481,6 +484,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cert_expiry,
             node_prune_after,
             task_history_limit,
+            secret_history_limit,
             autolock,
         } => {
             let ms = |text: &str| -> anyhow::Result<u64> {
@@ -497,6 +501,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 },
                 node_cert_validity_ms: cert_expiry.as_deref().map(ms).transpose()?,
                 task_history_limit,
+                secret_history_limit,
             };
             secret::update(&client()?, update, autolock).await
         }

@@ -311,7 +311,8 @@ pub async fn update(
         || update.heartbeat_grace.is_some()
         || update.prune_down_after_ms.is_some()
         || update.node_cert_validity_ms.is_some()
-        || update.task_history_limit.is_some();
+        || update.task_history_limit.is_some()
+        || update.secret_history_limit.is_some();
     if settings || autolock.is_none() {
         let _: swarm_reconciler::cluster::Settings = client.post("/v1/cluster/update", &update).await?;
     }

@@ -162,6 +162,13 @@ pub struct Settings {
     pub node_cert_validity_ms: u64,
     /// Finished tasks kept per slot.
     pub task_history_limit: u32,
+    /// Earlier versions of each stack secret or config kept once nothing uses them, for `swarm stack rollback`.
+    #[serde(default = "default_secret_history_limit")]
+    pub secret_history_limit: u32,
+}
+
+fn default_secret_history_limit() -> u32 {
+    Settings::default().secret_history_limit
 }
 
 impl Default for Settings {
@@ -172,6 +179,7 @@ impl Default for Settings {
             prune_down_after_ms: None,
             node_cert_validity_ms: 90 * 24 * 3600 * 1000,
             task_history_limit: 5,
+            secret_history_limit: 2,
         }
     }
 }

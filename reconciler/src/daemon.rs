@@ -1356,6 +1356,9 @@ impl Daemon {
         if let Some(l) = update.task_history_limit {
             s.task_history_limit = l;
         }
+        if let Some(l) = update.secret_history_limit {
+            s.secret_history_limit = l;
+        }
         if let store::Response::GuardFailed { .. } = m.write(crate::manager::guarded_put(&cluster, revision)).await? {
             return Err(DaemonError::Refused("the cluster changed meanwhile; try again".into()));
         }

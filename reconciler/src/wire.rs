@@ -180,4 +180,5 @@ pub struct SettingsUpdate {
     pub prune_down_after_ms: Option<Option<u64>>,
     pub node_cert_validity_ms: Option<u64>,
     pub task_history_limit: Option<u32>,
+    pub secret_history_limit: Option<u32>,
 }

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
+use crate::harness::holds_for;
 use crate::harness::wait_until;
 use crate::harness::Cluster;
 use crate::harness::Run;
@@ -378,7 +379,9 @@ fn a_planted_secret_never_leaves_its_lane() {
         (text == db2).then_some(()).ok_or_else(|| "not yet".to_string())
     });
     // The first version stays while the service's previous spec names it (a `service rollback` needs it); one
-    // rotation later nothing does, and it goes.
+    // rotation later nothing does, and it goes — with no earlier versions kept for `stack rollback` (the default
+    // keeps 2 per secret).
+    keep(c.swarm("m1", &["update", "--secret-history-limit", "0"]).ok());
     std::fs::write(dir.path().join("db3.txt"), &db3).unwrap();
     std::fs::write(&file, stack_file("db3.txt")).unwrap();
     keep(c.swarm("m1", &["apply", "-f", &file, "--stack", "sec", "--yes"]).ok());
@@ -575,4 +578,70 @@ secrets:
             .then_some(())
             .ok_or_else(|| format!("{} is still there", files.display()))
     });
+}
+
+#[test]
+fn earlier_versions_of_a_rotated_secret_are_kept_for_stack_rollback_as_configured() {
+    let mut c = Cluster::new();
+    c.init("m1");
+    c.wait_all_ready();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("docker-stack.yml");
+    let file = file.to_str().unwrap().to_string();
+    let deploy = |version: &str| {
+        std::fs::write(dir.path().join("pw.txt"), format!("pw-{version}")).unwrap();
+        std::fs::write(
+            &file,
+            r#"
+services:
+  app:
+    command: ["sh", "-c", "echo has $$(cat $$SWARM_SECRETS_DIR/pw); trap 'exit 0' TERM; while true; do sleep 0.2; done"]
+    x-swarm: {driver: process}
+    stop_grace_period: 1s
+    secrets: [pw]
+secrets:
+  pw:
+    file: ./pw.txt
+"#,
+        )
+        .unwrap();
+        c.swarm("m1", &["apply", "-f", &file, "--stack", "hist", "--yes"]).ok();
+    };
+    let versions = |c: &Cluster| {
+        secret_names(c, "m1")
+            .into_iter()
+            .filter(|n| n.starts_with("hist_pw-"))
+            .count()
+    };
+    let reads = |c: &Cluster, version: &str| {
+        let want = format!("has pw-{version}");
+        wait_until(&format!("the task reads pw-{version}"), Duration::from_secs(20), || {
+            let logs = c.swarm("m1", &["service", "logs", "hist_app"]);
+            logs.stdout.contains(&want).then_some(()).ok_or_else(|| logs.show())
+        });
+    };
+
+    // Three versions: v3 is used, v2 is what `service rollback` returns to, v1 is kept by the default history (2).
+    for v in ["v1", "v2", "v3"] {
+        deploy(v);
+        reads(&c, v);
+    }
+    holds_for("the default history keeps all three", Duration::from_secs(4), || {
+        let n = versions(&c);
+        (n == 3).then_some(()).ok_or_else(|| format!("{n} versions"))
+    });
+    c.swarm("m1", &["stack", "rollback", "hist", "--to", "1"]).ok();
+    reads(&c, "v1");
+
+    // Without history, a version nothing uses goes, and a rollback that needs it says why it cannot.
+    c.swarm("m1", &["update", "--secret-history-limit", "0"]).ok();
+    deploy("v4");
+    reads(&c, "v4");
+    wait_until("only the versions in use are left", Duration::from_secs(20), || {
+        let n = versions(&c);
+        (n == 2).then_some(()).ok_or_else(|| format!("{n} versions"))
+    });
+    c.swarm("m1", &["stack", "rollback", "hist", "--to", "2"])
+        .fails_with("its content was not sent")
+        .fails_with("--secret-history-limit");
 }

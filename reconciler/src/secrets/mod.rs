@@ -43,6 +43,7 @@ pub use self::keyring::KeyError;
 pub use self::keyring::Keyring;
 pub use self::keyring::Protection;
 use crate::cluster::now_millis;
+use crate::cluster::Settings;
 use crate::cluster::UnixMillis;
 use crate::manager::Manager;
 use crate::objects::Service;
@@ -296,7 +297,8 @@ pub fn apply_ops(
                 return Err(format!(
                     "secret {name} (`{}` in stack {}) is new, but its content was not sent: apply from the stack files \
                      (`swarm apply -f FILE`). A saved plan or a stack rollback carries no secret content, and an \
-                     earlier version of a secret is kept only while something uses it",
+                     earlier version of a secret is kept only while something uses it, and then the last \
+                     `swarm update --secret-history-limit` versions",
                     secret.key, desired.name
                 ));
             }
@@ -341,13 +343,17 @@ pub struct Inventory<'a> {
     pub stacks: &'a [Stack],
     pub services: &'a [Service],
     pub tasks: &'a [Task],
+    /// Earlier versions of each stack secret or config kept once unused (`swarm update --secret-history-limit`),
+    /// for `swarm stack rollback` to an older revision.
+    pub keep_unused: usize,
 }
 
 /// The secrets and configs nothing uses any more (pure): those a stack made (rotated away, or dropped from their
 /// stack) that no stack, service (current spec, or previous spec: what `service rollback` returns to) or unfinished
-/// task references; and sealed contents and config records whose object is gone. Secrets and configs made with `swarm secret|config create` stay until
-/// `rm`. Each deletion is guarded on the revision it was decided on.
-pub fn orphans(inv: &Inventory<'_>) -> Request {
+/// task references, beyond the newest [`Inventory::keep_unused`] of each (stack, key); and sealed contents and config
+/// records whose object is gone. Secrets and configs made with `swarm secret|config create` stay until `rm`. Each
+/// deletion is guarded on the revision it was decided on.
+pub fn orphans<'a>(inv: &Inventory<'a>) -> Request {
     let mut used_secrets: BTreeSet<&str> = BTreeSet::new();
     let mut used_configs: BTreeSet<&str> = BTreeSet::new();
     for stack in inv.stacks {
@@ -370,26 +376,43 @@ pub fn orphans(inv: &Inventory<'_>) -> Request {
     }
     let mut guards = Vec::new();
     let mut ops = Vec::new();
-    // Made by a stack: its sealed content (or config record) says so, or the stack label does.
-    let by_stack_secrets: BTreeSet<&str> = inv
+    // Made by a stack: its sealed content (or config record) says so (and when it was made), or the stack label does.
+    let made_secrets: BTreeMap<&str, (&str, UnixMillis)> = inv
         .sealed
         .iter()
-        .filter(|(s, _)| s.stack.is_some())
-        .map(|(s, _)| s.name.as_str())
+        .filter_map(|(s, _)| Some((s.name.as_str(), (s.stack.as_deref()?, s.created_at))))
         .collect();
-    let by_stack_configs: BTreeSet<&str> = inv
+    let made_configs: BTreeMap<&str, (&str, UnixMillis)> = inv
         .config_meta
         .iter()
-        .filter(|(c, _)| c.stack.is_some())
-        .map(|(c, _)| c.name.as_str())
+        .filter_map(|(c, _)| Some((c.name.as_str(), (c.stack.as_deref()?, c.created_at))))
         .collect();
-    let stack_owned = |by_stack: &BTreeSet<&str>, name: &str, labels: &BTreeMap<String, String>, source| {
-        source != ContentSource::External && (by_stack.contains(name) || labels.contains_key(STACK_NAMESPACE_LABEL))
-    };
+    // The stack that made an object (None: made by hand, or external) and when.
+    fn made_by<'a>(
+        made: &BTreeMap<&'a str, (&'a str, UnixMillis)>,
+        name: &str,
+        labels: &'a BTreeMap<String, String>,
+        source: ContentSource,
+    ) -> Option<(&'a str, UnixMillis)> {
+        if source == ContentSource::External {
+            return None;
+        }
+        made.get(name)
+            .copied()
+            .or_else(|| labels.get(STACK_NAMESPACE_LABEL).map(|s| (s.as_str(), 0)))
+    }
+    let unused_secrets = inv.secrets.iter().filter_map(|(secret, _)| {
+        let (stack, at) = made_by(&made_secrets, &secret.name, &secret.labels, secret.source)?;
+        (!used_secrets.contains(secret.name.as_str())).then_some((
+            secret.name.as_str(),
+            (stack, secret.key.as_str()),
+            at,
+        ))
+    });
+    let doomed = beyond_history(unused_secrets, inv.keep_unused);
     let mut kept_secrets = BTreeSet::new();
     for (secret, revision) in inv.secrets {
-        let owned = stack_owned(&by_stack_secrets, &secret.name, &secret.labels, secret.source);
-        if owned && !used_secrets.contains(secret.name.as_str()) {
+        if doomed.contains(secret.name.as_str()) {
             guards.push(revision_guard(SecretSpec::TABLE, &secret.name, *revision));
             ops.push(store::delete::<SecretSpec>(&secret.name));
         } else {
@@ -407,10 +430,18 @@ pub fn orphans(inv: &Inventory<'_>) -> Request {
             ops.push(store::delete::<SealedSecret>(&sealed.name));
         }
     }
+    let unused_configs = inv.configs.iter().filter_map(|(config, _)| {
+        let (stack, at) = made_by(&made_configs, &config.name, &config.labels, config.source)?;
+        (!used_configs.contains(config.name.as_str())).then_some((
+            config.name.as_str(),
+            (stack, config.key.as_str()),
+            at,
+        ))
+    });
+    let doomed = beyond_history(unused_configs, inv.keep_unused);
     let mut kept_configs = BTreeSet::new();
     for (config, revision) in inv.configs {
-        let owned = stack_owned(&by_stack_configs, &config.name, &config.labels, config.source);
-        if owned && !used_configs.contains(config.name.as_str()) {
+        if doomed.contains(config.name.as_str()) {
             guards.push(revision_guard(ConfigSpec::TABLE, &config.name, *revision));
             ops.push(store::delete::<ConfigSpec>(&config.name));
         } else {
@@ -428,6 +459,24 @@ pub fn orphans(inv: &Inventory<'_>) -> Request {
         }
     }
     Request { guards, ops }
+}
+
+/// Of unused versions `(name, (stack, key), made at)`, the names beyond the `keep` newest of each (stack, key).
+fn beyond_history<'a>(
+    unused: impl Iterator<Item = (&'a str, (&'a str, &'a str), UnixMillis)>,
+    keep: usize,
+) -> BTreeSet<&'a str> {
+    let mut by_object: BTreeMap<(&str, &str), Vec<(UnixMillis, &str)>> = BTreeMap::new();
+    for (name, object, at) in unused {
+        by_object.entry(object).or_default().push((at, name));
+    }
+    by_object
+        .into_values()
+        .flat_map(|mut versions| {
+            versions.sort_by(|a, b| b.cmp(a));
+            versions.into_iter().skip(keep).map(|(_, name)| name)
+        })
+        .collect()
 }
 
 fn revision_guard(table: &str, key: &str, revision: u64) -> Guard {
@@ -602,7 +651,11 @@ async fn collect(m: &Manager) -> Result<(), String> {
     let stacks: Vec<Stack> = store::list::<Stack>(&m.sm).into_iter().map(|(s, _)| s).collect();
     let services: Vec<Service> = store::list::<Service>(&m.sm).into_iter().map(|(s, _)| s).collect();
     let tasks: Vec<Task> = store::list::<Task>(&m.sm).into_iter().map(|(t, _)| t).collect();
+    let keep_unused = m.cluster().map_or(Settings::default().secret_history_limit, |c| {
+        c.settings.secret_history_limit
+    });
     let request = orphans(&Inventory {
+        keep_unused: keep_unused as usize,
         secrets: &secrets,
         sealed: &sealed,
         configs: &configs,

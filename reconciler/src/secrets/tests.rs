@@ -129,6 +129,7 @@ fn a_rotated_secret_goes_only_once_nothing_uses_it() {
             stacks: &stacks,
             services,
             tasks,
+            keep_unused: 0,
         })
     };
     // An old task still runs with the old secret: it stays (only the stray content goes).
@@ -159,6 +160,60 @@ fn a_rotated_secret_goes_only_once_nothing_uses_it() {
         key: "s_gone-3".into(),
         revision: 0
     }));
+}
+
+#[test]
+fn the_newest_unused_versions_of_each_stack_secret_are_kept_for_rollback() {
+    let key = Key::generate().unwrap();
+    // Four versions of `db` made one after the other (v4 in use), two of `api` (v2 in use), one made by hand.
+    let versions = [
+        ("s_db-1", 10),
+        ("s_db-2", 20),
+        ("s_db-3", 30),
+        ("s_db-4", 40),
+        ("s_api-1", 15),
+        ("s_api-2", 25),
+    ];
+    let mut secrets: Vec<(SecretSpec, u64)> = versions
+        .iter()
+        .map(|(n, _)| (secret(n, None, n.as_bytes()), 1))
+        .collect();
+    secrets.push((secret("by_hand", None, b"x"), 1));
+    let sealed: Vec<(SealedSecret, u64)> = versions
+        .iter()
+        .map(|(n, at)| (SealedSecret::seal(&key, n, n.as_bytes(), Some("s"), *at).unwrap(), 1))
+        .chain([(SealedSecret::seal(&key, "by_hand", b"x", None, 5).unwrap(), 1)])
+        .collect();
+    let in_use = [&secrets[3].0, &secrets[5].0];
+    let stacks = vec![stack_with(&in_use)];
+    let removed = |keep_unused: usize| {
+        deleted(&orphans(&Inventory {
+            secrets: &secrets,
+            sealed: &sealed,
+            configs: &[],
+            config_meta: &[],
+            stacks: &stacks,
+            services: &[],
+            tasks: &[],
+            keep_unused,
+        }))
+    };
+    // Keep 2: of db's unused v1-v3 the newest two stay; api's one unused version stays.
+    assert_eq!(removed(2), ["secrets/s_db-1", "secret_data/s_db-1"]);
+    assert_eq!(
+        removed(1),
+        [
+            "secrets/s_db-1",
+            "secrets/s_db-2",
+            "secret_data/s_db-1",
+            "secret_data/s_db-2"
+        ]
+    );
+    let none = removed(0);
+    assert_eq!(none.len(), 8, "{none:?}");
+    assert!(none
+        .iter()
+        .all(|d| !d.contains("s_db-4") && !d.contains("s_api-2") && !d.contains("by_hand")));
 }
 
 #[test]
