@@ -148,10 +148,12 @@ fn apply_watch_applies_every_save_and_survives_an_invalid_one() {
     // An invalid save: the diagnostic, nothing applied, still watching.
     std::fs::write(&file, stack("two")).expect("write stack");
     let start = watch.wait_for(end, "Changed: ");
-    // The diagnostic comes on stderr, read by another thread than stdout's "Watching": wait for both.
-    let told = watch.wait_for(start, "Nothing applied.");
+    // The diagnostic comes on stderr, read by another thread than stdout's "Changed:" and "Watching": it may land
+    // before either in `seen`, so it is looked for from the end of the previous round.
+    let told = watch.wait_for(end, "Nothing applied.");
+    let invalid_from = end;
     let end = watch.wait_for(start, "Watching ").max(told);
-    let invalid = watch.between(start - 1, end);
+    let invalid = watch.between(invalid_from, end);
     assert!(
         invalid.contains("stack.yml:7:") && invalid.contains("services.web.deploy.replicas"),
         "the diagnostic names the place:\n{invalid}"

@@ -262,6 +262,9 @@ fn remove_leftovers() {
 }
 
 impl Cluster {
+    /// The /16 blocks the test networks' /24s are taken from.
+    const BLOCKS: [&str; 4] = ["172.28", "172.29", "172.30", "10.213"];
+
     /// A new, empty cluster: the node image (built if the binary changed) and a fresh network.
     pub fn new() -> Cluster {
         let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -275,13 +278,15 @@ impl Cluster {
             SEQ.fetch_add(1, Ordering::SeqCst)
         );
         let network = format!("swarm-{run_id}");
-        // A free /24 among 172.28.0.0/16, spread by process id; Docker refuses overlapping pools.
+        // A free /24, spread by process id; Docker refuses overlapping pools, and other networks may hold a whole
+        // /16 (Docker Swarm's docker_gwbridge takes the next free one), so several /16s are tried.
         let first = (std::process::id() as usize * 31 + SEQ.load(Ordering::SeqCst)) % 256;
         let mut created = None;
         let mut last = String::new();
-        for k in 0..256 {
-            let third = (first + k) % 256;
-            let prefix = format!("172.28.{third}");
+        let candidates = Self::BLOCKS
+            .iter()
+            .flat_map(|block| (0..256).map(move |k| format!("{block}.{}", (first + k) % 256)));
+        for prefix in candidates {
             let run = docker(&[
                 "network",
                 "create",
@@ -299,7 +304,8 @@ impl Cluster {
             }
             last = run.show();
         }
-        let prefix = created.unwrap_or_else(|| panic!("cannot create a test network in 172.28.0.0/16: {last}"));
+        let prefix =
+            created.unwrap_or_else(|| panic!("cannot create a test network in any of {:?}: {last}", Self::BLOCKS));
         Cluster {
             run_id,
             network,
