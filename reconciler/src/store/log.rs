@@ -1,9 +1,10 @@
 //! The Raft log on redb: entries keyed by index, plus the vote and the committed and purged log ids.
 //!
 //! Every write is one redb transaction committed with immediate durability (fsync) before the call returns, so
-//! openraft's `append` callback fires only for entries that are on disk — except the committed log id, which is a
-//! hint (see [`RaftLogStorage::save_committed`] below). Writes run inline: the Raft core awaits them anyway, and
-//! staying off the blocking pool keeps simulation tests with paused time deterministic.
+//! openraft's `append` callback fires only for entries that are on disk, and the committed log id survives a crash:
+//! a restarted manager applies its log up to it before anything else (the state machine's own writes are not
+//! fsynced, see `state_machine`). Writes run inline: the Raft core awaits them anyway, and staying off the blocking
+//! pool keeps simulation tests with paused time deterministic.
 
 use std::fmt::Debug;
 use std::ops::Bound;
@@ -172,11 +173,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(|e| e.into_raft(ErrorSubject::Vote, ErrorVerb::Read))
     }
 
-    /// Not fsynced: the committed id only saves a restarted manager from waiting for the leader before it applies
-    /// what it already has. A crash can only lose the latest value (redb falls back to its last durable commit,
-    /// and the next log append is one), so the id read back is never ahead of what was committed.
+    /// Fsynced: on restart openraft applies the log up to this id before anything else, which is what puts back
+    /// the applies a crash undid (they are not fsynced). Without it a manager restarted alone — the one survivor
+    /// that `--force-new-cluster` rebuilds from — would lack acknowledged writes until a leader told it again.
     async fn save_committed(&mut self, committed: Option<typ::LogId>) -> Result<(), typ::StorageError> {
-        self.write_meta(COMMITTED, &committed, Durability::None)
+        self.write_meta(COMMITTED, &committed, Durability::Immediate)
             .map_err(|e| e.into_raft(ErrorSubject::Store, ErrorVerb::Write))
     }
 

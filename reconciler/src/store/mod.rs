@@ -1,7 +1,7 @@
 //! The manager's Raft store: openraft types, the redb-backed log and state machine, snapshots and the watch stream.
 //!
-//! Everything lives in one redb file, `<dir>/raft.redb`; log appends, the vote, truncation, purges and snapshots
-//! are fsynced before they return, applying and the committed id are made durable by the next of those (see
+//! Everything lives in one redb file, `<dir>/raft.redb`; log appends, the vote, the committed id, truncation, purges
+//! and snapshots are fsynced before they return, applying is made durable by the next of those (see
 //! `state_machine`):
 //! - the Raft log ([`LogStore`]): entries keyed by index, plus the vote, the committed and the purged log id;
 //! - the state machine ([`StateMachineStore`]): generic tables of JSON values, each key with its *mod revision*

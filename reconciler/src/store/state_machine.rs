@@ -5,11 +5,12 @@
 //! to the copy, then broadcast.
 //!
 //! Applying is not fsynced, installing a snapshot and building one are. The state machine shares its redb file
-//! with the Raft log, and redb makes a commit without durability durable with the next durable one, which the
-//! next log append is; a crash in between rolls the state machine back to an older `last_applied`, and the
-//! restarted manager applies the same committed entries again from its log (whose entries are only purged by a
-//! durable write after a snapshot, which is itself durable). So a watcher may see a change again after a crash,
-//! never one that the cluster did not commit; and a write costs one fsync on the leader's path instead of three.
+//! with the Raft log, and redb makes a commit without durability durable with the next durable one (the next log
+//! append or committed id); a crash in between rolls the state machine back to an older `last_applied`, and the
+//! restarted manager applies the same entries again from its log up to the committed id it saved (log entries are
+//! only purged by a durable write after a snapshot, which is itself durable). So a watcher may see a change again
+//! after a crash, never one that the cluster did not commit; and a write costs two fsyncs on the leader's path
+//! instead of three.
 
 use std::collections::BTreeMap;
 use std::io::Cursor;
