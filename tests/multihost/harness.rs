@@ -710,18 +710,12 @@ impl Cluster {
 
     /// `docker kill`: the machine loses power; its daemon and its tasks die at once.
     pub fn kill(&mut self, name: &str) {
-        let node = self.node(name);
-        assert_eq!(node.power, Power::Running, "kill {name}: it is {:?}", node.power);
-        docker(&["kill", &node.container]).ok();
-        self.node_mut(name).power = Power::Killed;
+        self.switch(name, "kill", Power::Running, Power::Killed);
     }
 
     /// `docker start` of a killed node (same address, same disk); waits until its daemon answers.
     pub fn start(&mut self, name: &str) {
-        let node = self.node(name);
-        assert_eq!(node.power, Power::Killed, "start {name}: it is {:?}", node.power);
-        docker(&["start", &node.container]).ok();
-        self.node_mut(name).power = Power::Running;
+        self.switch(name, "start", Power::Killed, Power::Running);
         self.wait_answers(name);
     }
 
@@ -738,17 +732,19 @@ impl Cluster {
 
     /// `docker pause`: every process of the machine is frozen (it neither talks nor answers).
     pub fn pause(&mut self, name: &str) {
-        let node = self.node(name);
-        assert_eq!(node.power, Power::Running, "pause {name}: it is {:?}", node.power);
-        docker(&["pause", &node.container]).ok();
-        self.node_mut(name).power = Power::Paused;
+        self.switch(name, "pause", Power::Running, Power::Paused);
     }
 
     pub fn unpause(&mut self, name: &str) {
+        self.switch(name, "unpause", Power::Paused, Power::Running);
+    }
+
+    /// `docker <verb>` of a node's container, which must be `from`; it is `to` afterwards.
+    fn switch(&mut self, name: &str, verb: &str, from: Power, to: Power) {
         let node = self.node(name);
-        assert_eq!(node.power, Power::Paused, "unpause {name}: it is {:?}", node.power);
-        docker(&["unpause", &node.container]).ok();
-        self.node_mut(name).power = Power::Running;
+        assert_eq!(node.power, from, "{verb} {name}: it is {:?}", node.power);
+        docker(&[verb, &node.container]).ok();
+        self.node_mut(name).power = to;
     }
 
     /// Cuts `side` off the network (`docker network disconnect`): the nodes of `side` reach nobody, the `rest`
@@ -858,6 +854,18 @@ impl Cluster {
     /// tasks on the cluster's nodes (read from `/proc`: a task's processes carry `SWARM_TASK_ID`,
     /// `SWARM_SERVICE_NAME`, `SWARM_TASK_SLOT` and `SWARM_NODE_ID` in their environment). Frozen processes of a
     /// paused node count: they run again when it is unpaused.
+    /// Over `period`, `service` keeps `n` running tasks and never runs a slot twice.
+    pub fn stays_converged(&self, service: &str, n: usize, period: Duration) {
+        holds_for(
+            &format!("{service} stays at {n} tasks, each slot run once"),
+            period,
+            || {
+                self.converges(service, n).map(|_| ())?;
+                self.no_slot_runs_twice(service)
+            },
+        );
+    }
+
     pub fn no_slot_runs_twice(&self, service: &str) -> Result<(), String> {
         self.no_slot_runs_twice_among(service, |_| true)
     }

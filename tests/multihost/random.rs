@@ -9,7 +9,6 @@ use std::time::Instant;
 
 use crate::chaos::stack;
 use crate::chaos::wait_labels;
-use crate::harness::holds_for;
 use crate::harness::one_leader_per_term;
 use crate::harness::Cluster;
 use crate::harness::Power;
@@ -194,14 +193,7 @@ fn run(seed: u64, steps: usize) {
     c.wait_all_ready();
     eprintln!("chaos seed {seed}: healed, {leader} leads ({:?} in)", started.elapsed());
     c.wait_converged("app_web", 4, Duration::from_secs(60));
-    holds_for(
-        "the service stays at 4 tasks, each slot run once",
-        Duration::from_secs(3),
-        || {
-            c.converges("app_web", 4).map(|_| ())?;
-            c.no_slot_runs_twice("app_web")
-        },
-    );
+    c.stays_converged("app_web", 4, Duration::from_secs(3));
     for node in &managers {
         let keys: Vec<String> = acked
             .iter()
