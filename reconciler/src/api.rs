@@ -96,6 +96,7 @@ pub fn cluster_router(daemon: Arc<Daemon>) -> Router {
         .route("/v1/heartbeat", post(heartbeat))
         .route("/v1/internal/heartbeat", post(forwarded_heartbeat))
         .route("/v1/internal/write", post(internal_write))
+        .route("/v1/internal/membership", get(internal_membership))
         .route("/v1/certs/renew", post(renew))
         .route("/v1/leave", post(node_left))
         .route("/v1/dispatcher/session", get(dispatcher_session))
@@ -291,6 +292,14 @@ async fn internal_write(
     let m = d.require_manager()?;
     // The same path as local writes: confirmed with a majority before it is appended.
     Ok(Json(m.write(req).await?))
+}
+
+async fn internal_membership(
+    State(d): State<Arc<Daemon>>,
+    Extension(peer): Peer,
+) -> ApiResult<crate::wire::AppliedMembership> {
+    manager_peer(&peer)?;
+    Ok(Json(d.require_manager()?.applied_membership()))
 }
 
 async fn renew(

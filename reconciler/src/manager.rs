@@ -103,6 +103,13 @@ pub struct Manager {
 /// acknowledgement.
 const FRESH_QUORUM_ACK: Duration = Duration::from_millis(5);
 
+/// Where a manager stands in the Raft membership it knows.
+enum Standing {
+    Alone,
+    Among,
+    Outside,
+}
+
 /// Keeps `at` = when a majority last acknowledged this leader. openraft reports the age of that acknowledgement
 /// as of its last metrics flush, which can be long ago on a quiet leader; the instant it stands for does not age.
 async fn track_quorum_acks(
@@ -182,6 +189,7 @@ impl Manager {
 
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().current_leader == Some(self.raft_id)
+            && !matches!(self.standing(), Standing::Outside)
     }
 
     /// The current leader as this manager knows it.
@@ -222,7 +230,11 @@ impl Manager {
             if remaining.is_zero() {
                 return Err(self.no_quorum().await);
             }
-            let attempt = if self.is_leader() && !self.quorum_acked() {
+            let attempt = if matches!(self.standing(), Standing::Outside) {
+                // Removed from the membership (demoted, or a leader that removed itself): no leader replicates to
+                // this manager any more, so what it knows of the leader may be itself. A voter knows better.
+                self.forward_to_voters(&request, remaining).await
+            } else if self.is_leader() && !self.quorum_acked() {
                 // A leader that has not heard from a majority lately must not append: the entry could commit
                 // later, after the caller was told it failed. Wait for acks (or a new leader) until the deadline.
                 None
@@ -286,32 +298,52 @@ impl Manager {
         }
     }
 
-    /// Whether a majority acknowledged this leader within `age` (always, for a single manager).
-    fn quorum_acked_within(&self, age: Duration) -> bool {
-        if self
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .nth(1)
-            .is_none()
-        {
-            return true;
+    /// Where this manager stands in the membership it knows: the only voter, one of several, or none (a leader that
+    /// just removed itself leads until the remaining voters elect one of them, and must not take writes meanwhile: no
+    /// voter would accept its entries).
+    fn standing(&self) -> Standing {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let mut voters = membership.voter_ids();
+        match (voters.next(), voters.next()) {
+            (Some(only), None) if only == self.raft_id => Standing::Alone,
+            _ if membership.voter_ids().any(|id| id == self.raft_id) => Standing::Among,
+            _ => Standing::Outside,
         }
-        let acked = self.quorum_acked_at.lock().ok().and_then(|at| *at);
-        acked.is_some_and(|at| at.elapsed() <= age)
     }
 
-    /// Whether a majority acknowledged this leader recently (always true for a single manager).
-    fn quorum_acked(&self) -> bool {
-        let metrics = self.raft.metrics().borrow().clone();
-        if metrics.membership_config.membership().voter_ids().count() <= 1 {
-            return true;
+    /// Whether a majority acknowledged this leader within `age` (always, for the only manager).
+    fn quorum_acked_within(&self, age: Duration) -> bool {
+        match self.standing() {
+            Standing::Alone => true,
+            Standing::Outside => false,
+            Standing::Among => {
+                let acked = self.quorum_acked_at.lock().ok().and_then(|at| *at);
+                acked.is_some_and(|at| at.elapsed() <= age)
+            }
         }
-        let stale_after = (self.config.raft.election_timeout_max * 2).max(500);
-        metrics.millis_since_quorum_ack.is_some_and(|ms| ms <= stale_after)
+    }
+
+    /// Whether a majority acknowledged this leader recently (always true for the only manager).
+    fn quorum_acked(&self) -> bool {
+        match self.standing() {
+            Standing::Alone => true,
+            Standing::Outside => false,
+            Standing::Among => {
+                let stale_after = (self.config.raft.election_timeout_max * 2).max(500);
+                let millis = self.raft.metrics().borrow().millis_since_quorum_ack;
+                millis.is_some_and(|ms| ms <= stale_after)
+            }
+        }
+    }
+
+    async fn forward_to_voters(&self, request: &Request, timeout: Duration) -> Option<Response> {
+        for (_, peer) in self.voters() {
+            if let Some(response) = self.forward_write(&peer, request, timeout).await {
+                return Some(response);
+            }
+        }
+        None
     }
 
     async fn forward_write(&self, leader: &Peer, request: &Request, timeout: Duration) -> Option<Response> {
@@ -390,11 +422,58 @@ impl Manager {
         if voters.is_empty() {
             return Err(ManagerError::Rejected("cannot remove the last manager".into()));
         }
-        self.raft
-            .change_membership(voters, false)
-            .await
-            .map_err(|e| ManagerError::Raft(e.to_string()))?;
-        Ok(())
+        let change = self.raft.change_membership(voters.clone(), false);
+        let result = tokio::time::timeout(self.config.write_timeout * 2, change).await;
+        if raft_id != self.raft_id {
+            return match result {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err(e)) => Err(ManagerError::Raft(e.to_string())),
+                Err(_) => Err(self.no_quorum().await),
+            };
+        }
+        if let Ok(Ok(_)) = result {
+            return Ok(());
+        }
+        // The remaining voters may elect one of them and commit the change before this leader hears that they took
+        // it: then nobody tells this manager, and openraft's call neither succeeds nor fails. Ask them.
+        let peers: Vec<Peer> = self
+            .voters()
+            .into_iter()
+            .filter(|(id, _)| voters.contains(id))
+            .map(|(_, peer)| peer)
+            .collect();
+        let deadline = Instant::now() + self.config.write_timeout;
+        while Instant::now() < deadline {
+            for peer in &peers {
+                let url = format!("https://{}/v1/internal/membership", peer.addr);
+                let call = self.client.get().get(url).timeout(Duration::from_millis(500)).send();
+                let Ok(response) = call.await else { continue };
+                let Ok(applied) = response.json::<crate::wire::AppliedMembership>().await else {
+                    continue;
+                };
+                if applied.voters.is_some_and(|v| !v.is_empty() && !v.contains(&raft_id)) {
+                    return Ok(());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(ManagerError::Raft(format!(
+            "the other managers did not confirm this manager's removal in time ({}); check `node ls` and run the \
+             command again",
+            match result {
+                Ok(Err(e)) => e.to_string(),
+                _ => "no answer from the Raft membership change".into(),
+            }
+        )))
+    }
+
+    /// The voters of this manager's membership once it is applied here (see [`crate::wire::AppliedMembership`]).
+    pub fn applied_membership(&self) -> crate::wire::AppliedMembership {
+        let metrics = self.raft.metrics().borrow().clone();
+        let entry = metrics.membership_config.log_id().map(|l| l.index);
+        let applied = metrics.last_applied.map(|l| l.index);
+        let voters = (applied >= entry).then(|| metrics.membership_config.membership().voter_ids().collect());
+        crate::wire::AppliedMembership { voters }
     }
 
     /// Leader only: a node reported in. Writes only the transition to Ready.

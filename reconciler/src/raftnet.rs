@@ -10,6 +10,7 @@ use openraft::error::RPCError;
 use openraft::error::RaftError;
 use openraft::error::RemoteError;
 use openraft::error::Unreachable;
+use openraft::network::Backoff;
 use openraft::network::RPCOption;
 use openraft::network::RaftNetwork;
 use openraft::network::RaftNetworkFactory;
@@ -96,7 +97,15 @@ impl Connection {
             .timeout(timeout)
             .send()
             .await
-            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+            .map_err(|e| {
+                // A peer that answers too slowly (a loaded machine, a first TLS handshake) is not unreachable: openraft
+                // backs off from an unreachable peer, and heartbeats missing for that long start an election there.
+                if e.is_timeout() {
+                    RPCError::Network(NetworkError::new(&e))
+                } else {
+                    RPCError::Unreachable(Unreachable::new(&e))
+                }
+            })?;
         if !response.status().is_success() {
             let status = response.status();
             let text = response.text().await.unwrap_or_default();
@@ -112,6 +121,13 @@ impl Connection {
 }
 
 impl RaftNetwork<TypeConfig> for Connection {
+    /// How long replication to an unreachable peer pauses: 50 ms, doubling up to 200 ms. openraft's 500 ms is longer
+    /// than a follower waits for a heartbeat (lease + election timeout, 450 ms at the least with the defaults), so
+    /// one refused connection while a peer restarts its listener could cost the leader its leadership.
+    fn backoff(&self) -> Backoff {
+        Backoff::new((0..).map(|i: u32| Duration::from_millis(50 << i.min(2))))
+    }
+
     async fn append_entries(
         &mut self,
         rpc: AppendEntriesRequest<TypeConfig>,

@@ -78,6 +78,14 @@ pub struct Admission {
     pub managers: Vec<String>,
 }
 
+/// A manager's Raft membership as far as it has applied it: a leader that removed itself asks the remaining voters,
+/// since none of them replicates to it once the change is committed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AppliedMembership {
+    /// Raft ids of the voters; `None` while the newest membership entry is not applied yet.
+    pub voters: Option<Vec<u64>>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AttachRequest {
     pub raft_id: u64,

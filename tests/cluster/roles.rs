@@ -87,3 +87,32 @@ fn a_promoted_worker_manages_and_a_demoted_one_does_not_and_the_last_manager_sta
         .collect();
     assert_eq!(leader, ["m1"], "{rows:#?}");
 }
+
+/// Between its removal from the Raft membership and the election of a remaining manager, the old leader still leads
+/// for a moment; the demotion's own record write must reach the new leader instead of waiting on an entry that no
+/// voter will take.
+#[test]
+fn a_leader_that_demotes_itself_hands_over_and_its_node_becomes_a_worker() {
+    let mut c = Cluster::new();
+    c.init("m1");
+    c.join_manager("m2");
+    c.wait_all_ready();
+    let leader = c.leader();
+    let other = if leader == "m1" { "m2" } else { "m1" };
+    let leader_id = c.id(&leader);
+
+    let run = c.run(&leader, &format!("node demote {leader}")).ok();
+    assert_eq!(run.stdout.trim(), format!("Manager {leader_id} demoted in the swarm."));
+    wait_until(&format!("{other} leads alone"), Duration::from_secs(15), || {
+        let rows = c.try_node_ls(other)?;
+        let me = rows.iter().find(|r| r.is_self).ok_or("no self row")?;
+        let old = rows.iter().find(|r| r.id == leader_id).ok_or("no old leader row")?;
+        if me.manager_status == "Leader" && old.manager_status.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{rows:#?}"))
+        }
+    });
+    c.write(other, &format!("node update --label-add handed=over {leader}"));
+    assert_eq!(c.info(other).managers, 1);
+}
