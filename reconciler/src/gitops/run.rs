@@ -49,6 +49,10 @@ use crate::store::Request;
 const RESYNC: Duration = Duration::from_secs(2);
 /// Store changes are folded for this long before the stacks' status is refreshed.
 const REFRESH_DEBOUNCE: Duration = Duration::from_millis(300);
+/// A sync whose writes were refused for want of a recent majority (a manager joining under load, say) is tried
+/// again after this long if this manager still leads, not after the source's interval: the first sync of a source
+/// polled hourly would otherwise wait an hour.
+const RETRY_NOT_LEADER: Duration = Duration::from_secs(1);
 
 /// Wall-clock time for the records (injected so tests can fix it).
 pub type Clock = Arc<dyn Fn() -> UnixMillis + Send + Sync>;
@@ -255,18 +259,22 @@ async fn run(ctx: Arc<Ctx>, mut requests: mpsc::UnboundedReceiver<SyncRequest>, 
                     Err(e) => (e.id(), None),
                 };
                 let name = running.remove(&id);
+                let mut outcome_error = None;
                 if let Some((name, replies, result)) = outcome {
                     for reply in replies {
                         let _ = reply.send(result.clone());
                     }
                     if let Err(e) = &result {
                         tracing::warn!(source = %name, "gitops sync: {e}");
+                        outcome_error = Some(e.clone());
                     }
                 }
                 if let Some(name) = name {
                     let interval = store::get::<Source>(&ctx.manager.sm, &name)
                         .map_or(super::DEFAULT_INTERVAL_MS, |(s, _)| s.interval_ms);
-                    due.insert(name, Instant::now() + Duration::from_millis(interval));
+                    let refused = matches!(&outcome_error, Some(SyncError::NotLeader));
+                    let wait = if refused { RETRY_NOT_LEADER } else { Duration::from_millis(interval) };
+                    due.insert(name, Instant::now() + wait);
                 }
             }
             committed = changes.recv() => match committed {
