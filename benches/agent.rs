@@ -12,7 +12,8 @@
 //! from Debian's static busybox when missing). Every container the benchmark caused is removed at the end, by label,
 //! also when it fails.
 //!
-//! Run: `cargo bench --bench agent` (`AGENT_TASKS` changes the count).
+//! Run: `cargo bench --bench agent` (`AGENT_TASKS` changes the count; `SWARM_BENCH_BIN=target/dist/swarm` runs the
+//! daemons from the binary `cargo build --profile dist` ships instead of the benchmark's own release build).
 
 use std::io::Read as _;
 use std::io::Write as _;
@@ -36,7 +37,13 @@ use swarm_specs::task::TaskState;
 use swarm_specs::task::TaskStatus;
 use swarm_specs::task::MANUAL_SERVICE_PREFIX;
 
-const BIN: &str = env!("CARGO_BIN_EXE_swarm");
+/// The daemons' binary: `SWARM_BENCH_BIN`, or the release build cargo made for this benchmark.
+fn bin() -> String {
+    std::env::var("SWARM_BENCH_BIN")
+        .ok()
+        .filter(|b| !b.is_empty())
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_swarm").to_string())
+}
 const IMAGE: &str = "swarm-test/busybox:1";
 const DOCKER_SOCKET: &str = "/var/run/docker.sock";
 const SCRIPT: &str = r#"trap "exit 0" TERM; while true; do sleep 1; done"#;
@@ -267,7 +274,7 @@ impl Daemon {
             .expect("a free port")
             .port();
         let log = std::fs::File::create(dir.join("log")).expect("log file");
-        let child = Command::new(BIN)
+        let child = Command::new(bin())
             .args(["daemon", "--data-dir"])
             .arg(dir.join("data"))
             .arg("--socket")
@@ -305,7 +312,7 @@ impl Daemon {
     }
 
     fn cli(&self, args: &[&str]) -> Option<String> {
-        let out = Command::new(BIN)
+        let out = Command::new(bin())
             .arg("-H")
             .arg(self.socket())
             .args(args)
@@ -515,9 +522,10 @@ fn ours(count: usize, cleanup: &mut Cleanup) -> Ours {
     let worker_peak_kib = status_kib(w1.pid(), "VmHWM:");
     let manager_rss_kib = rss_kib(m1.pid());
     println!(
-        "ours: manager {} + worker {} (release daemons in {}); worker RSS before the tasks {:.1} MiB",
+        "ours: manager {} + worker {} (daemons of {} in {}); worker RSS before the tasks {:.1} MiB",
         m1.name,
         w1.name,
+        bin(),
         root.path().display(),
         idle_rss as f64 / 1024.0,
     );

@@ -4,7 +4,8 @@
 //! - committed writes per second through the leader with 1 and with 64 concurrent clients.
 //!
 //! Run: `cargo bench --bench cluster` (set `FAILOVER_TRIALS` / `WRITE_SECONDS` to change the sizes, `BENCH_JSON` to
-//! a file to also get the figures as JSON). `benches/etcd.rs` measures etcd the same way, as the reference.
+//! a file to also get the figures as JSON; `SWARM_BENCH_BIN` to run the daemons from another build, such as
+//! `target/dist/swarm`). `benches/etcd.rs` measures etcd the same way, as the reference.
 
 mod common;
 
@@ -24,7 +25,13 @@ use swarm_reconciler::store::Op;
 use swarm_reconciler::store::Request;
 use swarm_reconciler::wire::Info;
 
-const BIN: &str = env!("CARGO_BIN_EXE_swarm");
+/// The daemons' binary: `SWARM_BENCH_BIN`, or the release build cargo made for this benchmark.
+fn bin() -> String {
+    std::env::var("SWARM_BENCH_BIN")
+        .ok()
+        .filter(|b| !b.is_empty())
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_swarm").to_string())
+}
 
 struct Node {
     name: String,
@@ -48,7 +55,7 @@ impl Node {
             .append(true)
             .open(self.dir.join("log"))
             .unwrap();
-        let child = Command::new(BIN)
+        let child = Command::new(bin())
             .args(["daemon", "--data-dir"])
             .arg(self.dir.join("data"))
             .args(["--socket", &self.socket(), "--hostname", &self.name])
@@ -68,7 +75,7 @@ impl Node {
     }
 
     fn cli(&self, args: &[&str]) -> Option<String> {
-        let out = Command::new(BIN)
+        let out = Command::new(bin())
             .arg("-H")
             .arg(self.socket())
             .args(args)
