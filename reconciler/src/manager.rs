@@ -302,7 +302,8 @@ impl Manager {
     /// just removed itself leads until the remaining voters elect one of them, and must not take writes meanwhile: no
     /// voter would accept its entries).
     fn standing(&self) -> Standing {
-        let metrics = self.raft.metrics().borrow().clone();
+        let receiver = self.raft.metrics();
+        let metrics = receiver.borrow();
         let membership = metrics.membership_config.membership();
         let mut voters = membership.voter_ids();
         match (voters.next(), voters.next()) {
