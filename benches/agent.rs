@@ -414,8 +414,23 @@ fn status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// User + system CPU time of `pid` so far, in seconds (`/proc/<pid>/stat`, clock ticks of 1/100 s).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name (which is in parentheses and may hold spaces): utime and stime are the
+    // 12th and 13th of them.
+    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    (ticks(11) + ticks(12)) as f64 / 100.0
+}
+
 struct Ours {
     seconds: Duration,
+    /// CPU the manager and the worker used from the request until all tasks ran (the manager's includes answering
+    /// the benchmark's polls).
+    manager_cpu: f64,
+    worker_cpu: f64,
     /// From the request until the engine had started the last container.
     engine_seconds: Option<f64>,
     worker_rss_kib: u64,
@@ -498,6 +513,7 @@ fn ours(count: usize, cleanup: &mut Cleanup) -> Ours {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0);
+    let cpu_before = (cpu_seconds(m1.pid()), cpu_seconds(w1.pid()));
     let start = Instant::now();
     let (code, answer) = http(&socket, "POST", "/v1/tasks", Some(&body)).expect("POST /v1/tasks");
     assert!((200..300).contains(&code), "POST /v1/tasks: {code} {answer}");
@@ -510,6 +526,8 @@ fn ours(count: usize, cleanup: &mut Cleanup) -> Ours {
         std::thread::sleep(POLL);
     }
     let seconds = start.elapsed();
+    let manager_cpu = cpu_seconds(m1.pid()) - cpu_before.0;
+    let worker_cpu = cpu_seconds(w1.pid()) - cpu_before.1;
     let engine_running = running_count(&format!("{LABEL_NODE}={w1_id}"));
     assert_eq!(
         engine_running, count,
@@ -533,6 +551,8 @@ fn ours(count: usize, cleanup: &mut Cleanup) -> Ours {
     drop(m1);
     Ours {
         seconds,
+        manager_cpu,
+        worker_cpu,
         engine_seconds,
         worker_rss_kib,
         worker_anon_kib,
@@ -602,6 +622,10 @@ fn main() {
             e / secs(api)
         );
     }
+    println!(
+        "  CPU used meanwhile: manager {:.2} s (with the benchmark's polls), worker {:.2} s",
+        ours.manager_cpu, ours.worker_cpu
+    );
     println!(
         "worker daemon RSS with {count} tasks running                     {:>8.1} MiB  (goal ≤ 20 MB); peak {:.1} MiB; \
          manager {:.1} MiB",
