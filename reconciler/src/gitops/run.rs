@@ -259,20 +259,19 @@ async fn run(ctx: Arc<Ctx>, mut requests: mpsc::UnboundedReceiver<SyncRequest>, 
                     Err(e) => (e.id(), None),
                 };
                 let name = running.remove(&id);
-                let mut outcome_error = None;
+                let mut refused = false;
                 if let Some((name, replies, result)) = outcome {
                     for reply in replies {
                         let _ = reply.send(result.clone());
                     }
                     if let Err(e) = &result {
                         tracing::warn!(source = %name, "gitops sync: {e}");
-                        outcome_error = Some(e.clone());
+                        refused = matches!(e, SyncError::NotLeader);
                     }
                 }
                 if let Some(name) = name {
                     let interval = store::get::<Source>(&ctx.manager.sm, &name)
                         .map_or(super::DEFAULT_INTERVAL_MS, |(s, _)| s.interval_ms);
-                    let refused = matches!(&outcome_error, Some(SyncError::NotLeader));
                     let wait = if refused { RETRY_NOT_LEADER } else { Duration::from_millis(interval) };
                     due.insert(name, Instant::now() + wait);
                 }
