@@ -16,6 +16,8 @@
 //! Run: `cargo bench --bench agent` (`AGENT_TASKS` changes the count; `SWARM_BENCH_BIN=target/dist/swarm` runs the
 //! daemons from the binary `cargo build --profile dist` ships instead of the benchmark's own release build).
 
+mod common;
+
 use std::io::Read as _;
 use std::io::Write as _;
 use std::os::unix::net::UnixStream;
@@ -38,13 +40,6 @@ use swarm_specs::task::TaskState;
 use swarm_specs::task::TaskStatus;
 use swarm_specs::task::MANUAL_SERVICE_PREFIX;
 
-/// The daemons' binary: `SWARM_BENCH_BIN`, or the release build cargo made for this benchmark.
-fn bin() -> String {
-    std::env::var("SWARM_BENCH_BIN")
-        .ok()
-        .filter(|b| !b.is_empty())
-        .unwrap_or_else(|| env!("CARGO_BIN_EXE_swarm").to_string())
-}
 const IMAGE: &str = "swarm-test/busybox:1";
 const DOCKER_SOCKET: &str = "/var/run/docker.sock";
 const SCRIPT: &str = r#"trap "exit 0" TERM; while true; do sleep 1; done"#;
@@ -275,7 +270,7 @@ impl Daemon {
             .expect("a free port")
             .port();
         let log = std::fs::File::create(dir.join("log")).expect("log file");
-        let child = Command::new(bin())
+        let child = Command::new(common::swarm_bin())
             .args(["daemon", "--data-dir"])
             .arg(dir.join("data"))
             .arg("--socket")
@@ -313,7 +308,7 @@ impl Daemon {
     }
 
     fn cli(&self, args: &[&str]) -> Option<String> {
-        let out = Command::new(bin())
+        let out = Command::new(common::swarm_bin())
             .arg("-H")
             .arg(self.socket())
             .args(args)
@@ -544,7 +539,7 @@ fn ours(count: usize, cleanup: &mut Cleanup) -> Ours {
         "ours: manager {} + worker {} (daemons of {} in {}); worker RSS before the tasks {:.1} MiB",
         m1.name,
         w1.name,
-        bin(),
+        common::swarm_bin(),
         root.path().display(),
         idle_rss as f64 / 1024.0,
     );

@@ -25,14 +25,6 @@ use swarm_reconciler::store::Op;
 use swarm_reconciler::store::Request;
 use swarm_reconciler::wire::Info;
 
-/// The daemons' binary: `SWARM_BENCH_BIN`, or the release build cargo made for this benchmark.
-fn bin() -> String {
-    std::env::var("SWARM_BENCH_BIN")
-        .ok()
-        .filter(|b| !b.is_empty())
-        .unwrap_or_else(|| env!("CARGO_BIN_EXE_swarm").to_string())
-}
-
 struct Node {
     name: String,
     dir: PathBuf,
@@ -55,7 +47,7 @@ impl Node {
             .append(true)
             .open(self.dir.join("log"))
             .unwrap();
-        let child = Command::new(bin())
+        let child = Command::new(common::swarm_bin())
             .args(["daemon", "--data-dir"])
             .arg(self.dir.join("data"))
             .args(["--socket", &self.socket(), "--hostname", &self.name])
@@ -75,7 +67,7 @@ impl Node {
     }
 
     fn cli(&self, args: &[&str]) -> Option<String> {
-        let out = Command::new(bin())
+        let out = Command::new(common::swarm_bin())
             .arg("-H")
             .arg(self.socket())
             .args(args)

@@ -1,4 +1,5 @@
-//! What the cluster benchmarks share: the concurrent write loop, failover statistics, and their figures as JSON.
+//! What the benchmarks share: the daemons' binary, and for the cluster benchmarks the concurrent write loop, failover
+//! statistics and their figures as JSON.
 //!
 //! `benches/cluster.rs` (ours) and `benches/etcd.rs` (the reference) measure with the same loop, so their figures
 //! differ only by the system under test. Each bench uses a subset of this module.
@@ -11,6 +12,15 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use std::time::Instant;
+
+/// The binary the benchmarks run as daemons: `SWARM_BENCH_BIN` (for instance the shipped `target/dist/swarm`), or
+/// the release build cargo made for the benchmark.
+pub fn swarm_bin() -> String {
+    std::env::var("SWARM_BENCH_BIN")
+        .ok()
+        .filter(|b| !b.is_empty())
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_swarm").to_string())
+}
 
 /// A number from the environment, or `default` when it is unset or not a number.
 pub fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
