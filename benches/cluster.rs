@@ -206,7 +206,7 @@ async fn throughput(client: reqwest::Client, leader: String, clients: usize, sec
             ops: vec![Op::Put {
                 table: "bench".into(),
                 key: format!("c{c}-{}", i % 100),
-                value: serde_json::json!({ "i": i }),
+                value: serde_json::json!({ "i": i }).into(),
             }],
         };
         let send = client.post(&url).json(&request).send();

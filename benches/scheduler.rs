@@ -164,6 +164,7 @@ fn orchestrator(nodes: &[Node], pending: &[Task]) {
                 (t, 1)
             })
             .collect();
+        let running: Vec<(&Task, u64)> = running.iter().map(|(t, r)| (t, *r)).collect();
         let inputs = Inputs {
             tasks: &running,
             ..inputs

@@ -573,7 +573,7 @@ impl Daemon {
         // Keep every object, then start a fresh Raft log holding only this manager.
         let mut ops = Vec::new();
         for table in manager.sm.tables() {
-            for (key, value, _) in manager.sm.list(&table) {
+            for (key, value, _) in manager.sm.list_json(&table) {
                 ops.push(store::Op::Put {
                     table: table.clone(),
                     key,
@@ -608,7 +608,7 @@ impl Daemon {
         for op in ops.iter_mut() {
             if let store::Op::Put { table, value, .. } = op {
                 if table == "nodes" {
-                    if let Ok(mut node) = serde_json::from_value::<Node>(value.clone()) {
+                    if let Ok(mut node) = value.decode::<Node>() {
                         if node.id == state.node_id {
                             node.raft_id = Some(state.raft_id);
                             node.status = NodeStatus::Ready;
@@ -616,7 +616,7 @@ impl Daemon {
                             node.status = NodeStatus::Down;
                             node.status_message = "not a member after --force-new-cluster".into();
                         }
-                        *value = serde_json::to_value(&node).unwrap_or_else(|_| value.clone());
+                        *value = store::Json::encode(&node).unwrap_or_else(|_| value.clone());
                     }
                 }
             }

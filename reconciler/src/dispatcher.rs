@@ -109,6 +109,174 @@ pub struct Dispatcher {
     /// Log request id → where the lines go.
     logs: Mutex<HashMap<String, mpsc::Sender<Result<bytes_type::Bytes, std::io::Error>>>>,
     reports: mpsc::UnboundedSender<Queued>,
+    routes: Arc<Routes>,
+}
+
+/// A session's share of the task changes: the router pushes, the session takes.
+#[derive(Default)]
+struct Inbox {
+    queue: Mutex<Inboxed>,
+    wake: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct Inboxed {
+    /// Each change as (the entry's changes, the index of this one): shared, not copied per session.
+    changes: Vec<(Arc<[store::Change]>, usize)>,
+    /// The router lost track (it lagged, or this inbox overflowed): send the complete set again.
+    resync: bool,
+}
+
+/// At most this many changes wait in one session's inbox; beyond, the session sends its complete set again.
+const INBOX_CAPACITY: usize = 10_000;
+
+impl Inbox {
+    fn push(&self, changes: &Arc<[store::Change]>, index: usize) {
+        let mut q = self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if q.resync {
+            return;
+        }
+        if q.changes.len() >= INBOX_CAPACITY {
+            q.changes = Vec::new();
+            q.resync = true;
+        } else {
+            q.changes.push((changes.clone(), index));
+        }
+        drop(q);
+        self.wake.notify_one();
+    }
+
+    fn resync(&self) {
+        let mut q = self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        q.changes = Vec::new();
+        q.resync = true;
+        drop(q);
+        self.wake.notify_one();
+    }
+
+    fn take(&self) -> Inboxed {
+        std::mem::take(&mut *self.queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+}
+
+/// The one reader of every task change: it hands each change to the sessions of the node the task is on and of the
+/// node it was on, so a session's cost is its node's tasks, not the cluster's (5,000 sessions each looking at every
+/// change was most of a large cluster's leader CPU).
+#[derive(Default)]
+struct Routes {
+    inner: Mutex<Routing>,
+}
+
+#[derive(Default)]
+struct Routing {
+    /// Node id → the inboxes of its sessions (a reconnecting node can briefly have two).
+    inboxes: HashMap<String, Vec<Arc<Inbox>>>,
+    /// Task id → the node it was on at the last change the router handled.
+    task_node: HashMap<String, String>,
+}
+
+impl Routes {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Routing> {
+        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn open(&self, node_id: &str) -> Arc<Inbox> {
+        let inbox = Arc::new(Inbox::default());
+        self.lock()
+            .inboxes
+            .entry(node_id.to_string())
+            .or_default()
+            .push(inbox.clone());
+        inbox
+    }
+
+    fn close(&self, node_id: &str, inbox: &Arc<Inbox>) {
+        let mut r = self.lock();
+        if let Some(list) = r.inboxes.get_mut(node_id) {
+            list.retain(|i| !Arc::ptr_eq(i, inbox));
+            if list.is_empty() {
+                r.inboxes.remove(node_id);
+            }
+        }
+    }
+
+    /// Where every task is, from the store (at start and after the router lagged); every session resyncs.
+    fn reset(&self, sm: &store::StateMachineStore) -> u64 {
+        let (revision, task_node) = sm.index(Task::TABLE, node_of);
+        let mut r = self.lock();
+        r.task_node = task_node.into_iter().collect();
+        r.inboxes.values().flatten().for_each(|i| i.resync());
+        revision
+    }
+
+    fn route(&self, committed: &store::Committed) {
+        let mut r = self.lock();
+        let Routing { inboxes, task_node } = &mut *r;
+        for (i, change) in committed.changes.iter().enumerate() {
+            if change.table != Task::TABLE {
+                continue;
+            }
+            let placement = change.value.as_ref().and_then(|v| v.decode::<Placement>().ok());
+            let node = placement.as_ref().and_then(|p| p.node_id.as_deref());
+            let before = match node {
+                Some(n) => task_node.insert(change.key.clone(), n.to_string()),
+                None => task_node.remove(&change.key),
+            };
+            if let Some(n) = node {
+                inboxes
+                    .get(n)
+                    .into_iter()
+                    .flatten()
+                    .for_each(|inbox| inbox.push(&committed.changes, i));
+            }
+            if let Some(b) = before.filter(|b| Some(b.as_str()) != node) {
+                inboxes
+                    .get(&b)
+                    .into_iter()
+                    .flatten()
+                    .for_each(|inbox| inbox.push(&committed.changes, i));
+            }
+        }
+    }
+}
+
+/// The node a stored task is on, read without decoding the rest of it.
+#[derive(Deserialize)]
+struct Placement<'a> {
+    #[serde(borrow)]
+    node_id: Option<std::borrow::Cow<'a, str>>,
+}
+
+fn node_of(task: &store::Json) -> Option<String> {
+    task.decode::<Placement>().ok()?.node_id.map(|n| n.into_owned())
+}
+
+/// Routes task changes to sessions until `shutdown` (see [`Routes`]).
+async fn route_changes(
+    sm: store::StateMachineStore,
+    routes: Arc<Routes>,
+    mut watch: tokio::sync::broadcast::Receiver<store::Committed>,
+    mut revision: u64,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let committed = tokio::select! {
+            _ = shutdown.changed() => return,
+            c = watch.recv() => c,
+        };
+        match committed {
+            Ok(c) if c.revision > revision => {
+                revision = c.revision;
+                routes.route(&c);
+            }
+            Ok(_) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                watch = sm.subscribe();
+                revision = routes.reset(&sm);
+            }
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
+    }
 }
 
 /// A node's reports waiting for the next batch, and who to tell once they are written.
@@ -126,12 +294,24 @@ mod bytes_type {
 impl Dispatcher {
     pub fn start(manager: Arc<Manager>, shutdown: tokio::sync::watch::Receiver<bool>) -> Arc<Dispatcher> {
         let (reports, rx) = mpsc::unbounded_channel();
+        let routes = Arc::new(Routes::default());
         let d = Arc::new(Dispatcher {
             manager: manager.clone(),
             sessions: Mutex::new(HashMap::new()),
             logs: Mutex::new(HashMap::new()),
             reports,
+            routes: routes.clone(),
         });
+        // Subscribed before any session opens, so every change after the index reaches the sessions that need it.
+        let watch = manager.sm.subscribe();
+        let revision = routes.reset(&manager.sm);
+        tokio::spawn(route_changes(
+            manager.sm.clone(),
+            routes,
+            watch,
+            revision,
+            shutdown.clone(),
+        ));
         tokio::spawn(batch_statuses(manager, rx, shutdown));
         d
     }
@@ -223,10 +403,15 @@ async fn send_full(
     delivery: &mut Delivery,
 ) -> Option<(u64, HashSet<String>)> {
     let sm = &m.sm;
-    let (revision, rows) = sm.list_with_revision(Task::TABLE);
+    // Only this node's tasks are copied out of the store (looking at the node of every task is cheap; copying and
+    // decoding every task is not).
+    let (revision, rows) = sm.list_where(Task::TABLE, |v| {
+        v.decode::<Placement>()
+            .is_ok_and(|p| p.node_id.as_deref() == Some(node_id))
+    });
     let mine: Vec<Task> = rows
         .into_iter()
-        .filter_map(|(_, v, _)| serde_json::from_value::<Task>(v).ok())
+        .filter_map(|(key, v, _)| store::decode::<Task>(&key, &v))
         .filter(|t| assigned_to(t, node_id))
         .collect();
     let ids = mine.iter().map(|t| t.id.clone()).collect();
@@ -246,47 +431,38 @@ async fn send_full(
 }
 
 async fn run_session(d: Arc<Dispatcher>, node_id: String, tx: mpsc::Sender<SessionMessage>) {
-    let sm = d.manager.sm.clone();
-    let mut watch = sm.subscribe();
+    // The inbox opens before the complete set is read: a change after the set's revision is in the inbox.
+    let inbox = d.routes.open(&node_id);
+    session(&d, &node_id, &tx, &inbox).await;
+    d.routes.close(&node_id, &inbox);
+    d.end_session(&node_id, &tx);
+}
+
+/// Sends the complete set, then the changes the router hands this node, until the connection ends.
+async fn session(d: &Dispatcher, node_id: &str, tx: &mpsc::Sender<SessionMessage>, inbox: &Inbox) -> Option<()> {
+    let sm = &d.manager.sm;
     let mut delivery = Delivery::default();
-    let Some((mut revision, mut mine)) = send_full(&d.manager, &node_id, &tx, &mut delivery).await else {
-        d.end_session(&node_id, &tx);
-        return;
-    };
+    let (mut revision, mut mine) = send_full(&d.manager, node_id, tx, &mut delivery).await?;
     let mut ping = tokio::time::interval(SESSION_PING);
     loop {
         tokio::select! {
-            _ = tx.closed() => break,
-            _ = ping.tick() => {
-                if tx.send(SessionMessage::Ping).await.is_err() { break; }
-            }
-            committed = watch.recv() => {
-                let committed = match committed {
-                    Ok(c) => c,
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                        // Missed changes: resend the whole set.
-                        watch = sm.subscribe();
-                        match send_full(&d.manager, &node_id, &tx, &mut delivery).await {
-                            Some((r, ids)) => { revision = r; mine = ids; continue; }
-                            None => break,
-                        }
-                    }
-                    Err(_) => break,
-                };
-                if committed.revision <= revision { continue; }
+            _ = tx.closed() => return None,
+            _ = ping.tick() => tx.send(SessionMessage::Ping).await.ok()?,
+            _ = inbox.wake.notified() => {
+                let Inboxed { changes, resync } = inbox.take();
+                if resync {
+                    (revision, mine) = send_full(&d.manager, node_id, tx, &mut delivery).await?;
+                    continue;
+                }
                 let mut changed = Vec::new();
                 let mut removed = Vec::new();
-                for change in committed.changes.iter().filter(|c| c.table == Task::TABLE) {
-                    // Nearly every change is another node's task: look at its node before decoding the whole task
-                    // (every session sees every change).
-                    let here = change.value.as_ref().and_then(|v| v.get("node_id")).and_then(|n| n.as_str())
-                        == Some(node_id.as_str());
-                    if !here && !mine.contains(&change.key) {
-                        continue;
+                for change in changes.iter().map(|(entry, i)| &entry[*i]) {
+                    if change.revision <= revision {
+                        continue; // in the complete set already
                     }
-                    let task = change.value.as_ref().and_then(|v| Task::deserialize(v).ok());
+                    let task = change.value.as_ref().and_then(|v| store::decode::<Task>(&change.key, v));
                     match task {
-                        Some(t) if assigned_to(&t, &node_id) => {
+                        Some(t) if assigned_to(&t, node_id) => {
                             mine.insert(t.id.clone());
                             delivery.track(&t);
                             changed.push(t);
@@ -299,23 +475,22 @@ async fn run_session(d: Arc<Dispatcher>, node_id: String, tx: mpsc::Sender<Sessi
                     }
                 }
                 // Contents first, so a task never arrives before what it needs.
-                let files = delivery.next(&sm, &d.manager.keyring, &node_id);
-                if !files.send.is_empty() && tx.send(SessionMessage::Files { files: files.send }).await.is_err() {
-                    break;
+                let files = delivery.next(sm, &d.manager.keyring, node_id);
+                if !files.send.is_empty() {
+                    tx.send(SessionMessage::Files { files: files.send }).await.ok()?;
                 }
                 for chunk in changed.chunks(MAX_TASKS_PER_MESSAGE) {
-                    if tx.send(SessionMessage::Tasks { tasks: chunk.to_vec() }).await.is_err() { break; }
+                    tx.send(SessionMessage::Tasks { tasks: chunk.to_vec() }).await.ok()?;
                 }
-                if !removed.is_empty() && tx.send(SessionMessage::Removed { task_ids: removed }).await.is_err() {
-                    break;
+                if !removed.is_empty() {
+                    tx.send(SessionMessage::Removed { task_ids: removed }).await.ok()?;
                 }
-                if !files.forget.is_empty() && tx.send(SessionMessage::ForgetFiles { files: files.forget }).await.is_err() {
-                    break;
+                if !files.forget.is_empty() {
+                    tx.send(SessionMessage::ForgetFiles { files: files.forget }).await.ok()?;
                 }
             }
         }
     }
-    d.end_session(&node_id, &tx);
 }
 
 /// Writes queued status reports every `STATUS_BATCH_INTERVAL`, all in one guarded Raft entry.

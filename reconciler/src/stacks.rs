@@ -745,9 +745,9 @@ mod tests {
         for op in &write.request.as_ref().unwrap().ops {
             if let Op::Put { table, value, .. } = op {
                 if table == Stack::TABLE {
-                    stack = Some((serde_json::from_value::<Stack>(value.clone()).unwrap(), 7));
+                    stack = Some((value.decode::<Stack>().unwrap(), 7));
                 } else if table == Service::TABLE {
-                    services.push((serde_json::from_value::<Service>(value.clone()).unwrap(), 7));
+                    services.push((value.decode::<Service>().unwrap(), 7));
                 }
             }
         }

@@ -6,8 +6,17 @@ use std::time::Duration;
 use std::time::Instant;
 
 use swarm_reconciler::cluster::Settings;
+use swarm_reconciler::dispatcher::SessionMessage;
 use swarm_reconciler::sim::Census;
 use swarm_reconciler::sim::Sim;
+use swarm_reconciler::store;
+use swarm_reconciler::store::Request;
+use swarm_specs::spec::Driver;
+use swarm_specs::spec::TaskSpec;
+use swarm_specs::task::Task;
+use swarm_specs::task::TaskState;
+use swarm_specs::task::TaskStatus;
+use swarm_specs::task::MANUAL_SERVICE_PREFIX;
 
 const NODES: usize = 200;
 const TASKS: usize = 2_000;
@@ -85,5 +94,115 @@ async fn many_nodes_converge_and_tasks_leave_stopped_nodes() {
         );
     }
     assert_eq!(sim.terms()[0].0, first_term, "no election during the test");
+    sim.shutdown().await;
+}
+
+/// The next message of a session that is not a ping (within 10 s).
+async fn next(session: &mut tokio::sync::mpsc::Receiver<SessionMessage>) -> SessionMessage {
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), session.recv())
+            .await
+            .expect("a session message within 10 s")
+            .expect("the session is open");
+        if message != SessionMessage::Ping {
+            return message;
+        }
+    }
+}
+
+fn ids(message: &SessionMessage) -> Vec<String> {
+    match message {
+        SessionMessage::Tasks { tasks } => tasks.iter().map(|t| t.id.clone()).collect(),
+        SessionMessage::Removed { task_ids } => task_ids.clone(),
+        other => panic!("expected tasks or removals, got {other:?}"),
+    }
+}
+
+/// A task placed by hand on `node` (the orchestrator leaves such tasks alone).
+fn manual_task(id: &str, node: &str) -> Task {
+    Task {
+        id: id.into(),
+        service: format!("{MANUAL_SERVICE_PREFIX}{id}"),
+        slot: None,
+        node_id: Some(node.into()),
+        spec_version: 1,
+        spec: TaskSpec::with_command(Driver::Process, None, vec!["true".into()]),
+        desired_state: TaskState::Running,
+        status: TaskStatus::new(TaskState::Assigned, 1, "assigned"),
+        created_at: 1,
+        ports: Vec::new(),
+        networks: Vec::new(),
+        started_at: None,
+    }
+}
+
+/// The dispatcher hands each node's session only the changes of its own tasks: a task moving from one node to
+/// another is removed from the first session and sent to the second; other nodes' tasks never reach it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_session_gets_only_its_nodes_task_changes() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sim = Sim::start(
+        dir.path(),
+        1,
+        Settings::default(),
+        store::raft_config(10_000, 50, 150, 300),
+    )
+    .await;
+    let leader = sim.leader().clone();
+    let write = |tasks: Vec<Task>| {
+        let leader = leader.clone();
+        async move {
+            let ops = tasks.iter().map(store::put).collect();
+            leader
+                .write(Request { guards: vec![], ops })
+                .await
+                .expect("write tasks");
+        }
+    };
+    // n1 already has a task when its session opens: the complete set carries it.
+    write(vec![manual_task("before", "n1")]).await;
+    let mut n1 = sim.dispatchers[0].session("n1");
+    let mut n2 = sim.dispatchers[0].session("n2");
+    assert_eq!(next(&mut n1).await, SessionMessage::Begin);
+    assert_eq!(ids(&next(&mut n1).await), ["before"]);
+    assert_eq!(next(&mut n1).await, SessionMessage::End);
+    assert_eq!(next(&mut n2).await, SessionMessage::Begin);
+    assert_eq!(next(&mut n2).await, SessionMessage::End);
+
+    // A task for n1 and one for a node without a session, then one for n2: each session sees only its own (the
+    // router keeps the order of the changes, so anything else would have come first).
+    write(vec![manual_task("t1", "n1"), manual_task("t9", "n9")]).await;
+    write(vec![manual_task("t2", "n2")]).await;
+    assert_eq!(ids(&next(&mut n1).await), ["t1"]);
+    assert_eq!(ids(&next(&mut n2).await), ["t2"]);
+
+    // t1 moves to n2: n1 is told to drop it, n2 gets it.
+    write(vec![manual_task("t1", "n2")]).await;
+    assert_eq!(ids(&next(&mut n1).await), ["t1"]);
+    assert!(matches!(
+        next(&mut n2).await,
+        SessionMessage::Tasks { tasks } if tasks.len() == 1 && tasks[0].id == "t1" && tasks[0].node_id.as_deref() == Some("n2")
+    ));
+
+    // Deleted: only the node that had it hears of it.
+    leader
+        .write(Request {
+            guards: vec![],
+            ops: vec![store::delete::<Task>("t1"), store::delete::<Task>("before")],
+        })
+        .await
+        .expect("delete");
+    assert_eq!(
+        next(&mut n1).await,
+        SessionMessage::Removed {
+            task_ids: vec!["before".into()]
+        }
+    );
+    assert_eq!(
+        next(&mut n2).await,
+        SessionMessage::Removed {
+            task_ids: vec!["t1".into()]
+        }
+    );
     sim.shutdown().await;
 }

@@ -48,7 +48,7 @@ pub const RECENT_FAILURE_WINDOW_MS: u64 = 5 * 60 * 1000;
 pub struct Inputs<'a> {
     pub services: &'a [Service],
     /// Every task with its mod revision.
-    pub tasks: &'a [(Task, u64)],
+    pub tasks: &'a [(&'a Task, u64)],
     pub nodes: &'a [Node],
     /// The stored networks, copied into each new task that attaches to one (its node creates it from that).
     pub networks: &'a [NetworkSpec],
@@ -199,7 +199,7 @@ enum Need {
 pub fn reconcile(inputs: &Inputs, new_id: &mut dyn FnMut() -> String) -> Actions {
     let mut work = Work {
         inputs,
-        tasks: inputs.tasks.iter().map(|(t, _)| Cow::Borrowed(t)).collect(),
+        tasks: inputs.tasks.iter().map(|(t, _)| Cow::Borrowed(*t)).collect(),
         revisions: inputs.tasks.iter().map(|(_, r)| *r).collect(),
         existing: inputs.tasks.len(),
         deleted: vec![false; inputs.tasks.len()],
@@ -754,7 +754,7 @@ fn finish(work: Work) -> Actions {
             actions.delete.push((task.id.clone(), work.revisions[i]));
         } else if let Cow::Owned(task) = task {
             // Changed by this pass (perhaps back to what it was).
-            if task != work.inputs.tasks[i].0 {
+            if task != *work.inputs.tasks[i].0 {
                 actions.update.push((task, work.revisions[i]));
             }
         }

@@ -1,6 +1,7 @@
 //! The orchestrator's loop on the leader: read the store, decide ([`super::reconcile`]), write, and wait for the
 //! next change, the next restart delay or the periodic resync.
 
+use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,6 +9,7 @@ use std::time::Duration;
 use swarm_specs::spec::NetworkSpec;
 use swarm_specs::task::Task;
 use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::TryRecvError;
 use tokio::sync::watch;
 
 use super::Actions;
@@ -32,13 +34,26 @@ pub const OPS_PER_ENTRY: usize = 1_000;
 /// Runs until `shutdown`; passes only while this manager leads.
 pub async fn run(manager: Arc<Manager>, mut shutdown: watch::Receiver<bool>) {
     let mut changes = manager.sm.subscribe();
+    let mut tasks = TaskCache::default();
     loop {
         if *shutdown.borrow() {
             return;
         }
         let mut wait = RESYNC;
         if manager.is_leader() {
-            match pass(&manager).await {
+            // Every change received so far (the previous pass's writes among them) is in the copy.
+            loop {
+                match changes.try_recv() {
+                    Ok(c) => tasks.apply(&c),
+                    Err(TryRecvError::Lagged(_)) => {
+                        changes = manager.sm.subscribe();
+                        tasks.forget();
+                    }
+                    Err(_) => break,
+                }
+            }
+            tasks.load(&manager.sm);
+            match pass(&manager, &tasks).await {
                 Ok(Some(at)) => {
                     let now = now_millis();
                     wait = wait.min(Duration::from_millis(at.saturating_sub(now).max(1)));
@@ -49,6 +64,9 @@ pub async fn run(manager: Arc<Manager>, mut shutdown: watch::Receiver<bool>) {
                     wait = Duration::from_millis(100);
                 }
             }
+        } else {
+            // A follower keeps no copy: it would decode every change for nothing.
+            tasks.forget();
         }
         let deadline = tokio::time::sleep(wait);
         tokio::pin!(deadline);
@@ -57,18 +75,76 @@ pub async fn run(manager: Arc<Manager>, mut shutdown: watch::Receiver<bool>) {
                 _ = shutdown.changed() => return,
                 _ = &mut deadline => break,
                 committed = changes.recv() => match committed {
-                    Ok(c) if c.changes.iter().any(|ch| relevant(&ch.table)) => break,
-                    Ok(_) => continue,
+                    Ok(c) => {
+                        tasks.apply(&c);
+                        if c.changes.iter().any(|ch| relevant(&ch.table)) {
+                            break;
+                        }
+                    }
                     Err(RecvError::Lagged(_)) => {
                         changes = manager.sm.subscribe();
+                        tasks.forget();
                         break;
                     }
                     Err(RecvError::Closed) => return,
                 },
             }
         }
-        // Fold a burst of changes into one pass.
-        while changes.try_recv().is_ok() {}
+    }
+}
+
+/// The leader's orchestrator's copy of the tasks, decoded once and kept up to date from the watch stream, so a pass
+/// over 150,000 tasks does not copy and decode all of them from the store again. It can be behind the store by the
+/// changes not yet received; every write of a pass is guarded by the revisions it read, so a stale copy costs a
+/// failed guard and another pass, never a wrong write.
+#[derive(Default)]
+pub struct TaskCache {
+    /// Sorted by id, as the store lists them (the decision is deterministic for the same inputs).
+    by_id: BTreeMap<String, (Task, u64)>,
+    /// The store's revision when the copy was read; `None` when there is no copy.
+    loaded: Option<u64>,
+}
+
+impl TaskCache {
+    /// Reads every task from the store unless the copy is there already.
+    pub fn load(&mut self, sm: &store::StateMachineStore) {
+        if self.loaded.is_some() {
+            return;
+        }
+        let (revision, rows) = sm.list_with_revision(Task::TABLE);
+        self.by_id = rows
+            .into_iter()
+            .filter_map(|(key, value, rev)| store::decode::<Task>(&key, &value).map(|t| (key, (t, rev))))
+            .collect();
+        self.loaded = Some(revision);
+    }
+
+    pub fn forget(&mut self) {
+        self.by_id = BTreeMap::new();
+        self.loaded = None;
+    }
+
+    /// One committed entry's task changes (nothing without a copy; changes the copy holds already are skipped).
+    pub fn apply(&mut self, committed: &store::Committed) {
+        let Some(floor) = self.loaded else { return };
+        if committed.revision <= floor {
+            return;
+        }
+        for change in committed.changes.iter().filter(|c| c.table == Task::TABLE) {
+            let task = change
+                .value
+                .as_ref()
+                .and_then(|v| store::decode::<Task>(&change.key, v));
+            match task {
+                Some(t) => self.by_id.insert(change.key.clone(), (t, change.revision)),
+                None => self.by_id.remove(&change.key),
+            };
+        }
+    }
+
+    /// The tasks with their revisions, borrowed, in id order.
+    pub fn rows(&self) -> Vec<(&Task, u64)> {
+        self.by_id.values().map(|(t, r)| (t, *r)).collect()
     }
 }
 
@@ -77,11 +153,11 @@ fn relevant(table: &str) -> bool {
 }
 
 /// One pass: decide and write. Returns when to run again for a restart delay.
-pub async fn pass(manager: &Manager) -> Result<Option<u64>, ManagerError> {
+pub async fn pass(manager: &Manager, tasks: &TaskCache) -> Result<Option<u64>, ManagerError> {
     let listed = store::list::<Service>(&manager.sm);
     let revisions: HashMap<String, u64> = listed.iter().map(|(s, r)| (s.spec.name.clone(), *r)).collect();
     let services: Vec<Service> = listed.into_iter().map(|(s, _)| s).collect();
-    let tasks = store::list::<Task>(&manager.sm);
+    let tasks = tasks.rows();
     let nodes: Vec<Node> = manager.nodes();
     let history_limit = manager
         .cluster()

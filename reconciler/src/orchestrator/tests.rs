@@ -111,6 +111,7 @@ impl Sim {
     /// One orchestrator pass, applied as the store applies it.
     fn step(&mut self) -> Actions {
         let tasks: Vec<(Task, u64)> = self.tasks.values().cloned().collect();
+        let tasks: Vec<(&Task, u64)> = tasks.iter().map(|(t, r)| (t, *r)).collect();
         let inputs = Inputs {
             services: &self.services,
             tasks: &tasks,

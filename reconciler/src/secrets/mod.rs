@@ -569,10 +569,14 @@ fn relevant(change: &store::Change) -> bool {
     let t = change.table.as_str();
     if t == Task::TABLE {
         // A task removed, or one that finished.
-        return change.value.as_ref().is_none_or(|v| {
-            serde_json::from_value::<swarm_specs::task::TaskStatus>(v.get("status").cloned().unwrap_or_default())
-                .is_ok_and(|s| s.state.is_terminal())
-        });
+        #[derive(serde::Deserialize)]
+        struct Status {
+            status: swarm_specs::task::TaskStatus,
+        }
+        return change
+            .value
+            .as_ref()
+            .is_none_or(|v| v.decode::<Status>().is_ok_and(|t| t.status.state.is_terminal()));
     }
     [
         SecretSpec::TABLE,

@@ -315,7 +315,7 @@ async fn an_apply_seals_new_secrets_and_refuses_one_without_content() {
     };
     assert_eq!((table.as_str(), name.as_str()), ("secret_data", "s_db-2"));
     assert!(!value.to_string().contains("hunter2"));
-    let sealed: SealedSecret = serde_json::from_value(value.clone()).unwrap();
+    let sealed: SealedSecret = value.decode().unwrap();
     assert_eq!(sealed.open(&key).unwrap().0, b"hunter2");
 
     // Without its content (a saved plan, a rollback to a version gone from the store): refused, saying why.

@@ -39,6 +39,7 @@ use super::typ;
 use super::Change;
 use super::Committed;
 use super::Guard;
+use super::Json;
 use super::Op;
 use super::Request;
 use super::Response;
@@ -72,7 +73,7 @@ pub(crate) fn create_tables(db: &Database) -> Result<(), StoreError> {
 /// A stored value and the log index of the entry that last wrote it.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 struct Versioned {
-    value: serde_json::Value,
+    value: Json,
     revision: u64,
 }
 
@@ -124,6 +125,11 @@ impl StateMachineStore {
 
     /// The value stored under `key` in `table`, and its mod revision.
     pub fn get(&self, table: &str, key: &str) -> Option<(serde_json::Value, u64)> {
+        self.get_json(table, key).map(|(v, r)| (v.to_value(), r))
+    }
+
+    /// Like [`Self::get`], the value as stored (no parsing).
+    pub fn get_json(&self, table: &str, key: &str) -> Option<(Json, u64)> {
         let state = self.read();
         let v = state.tables.get(table)?.get(key)?;
         Some((v.value.clone(), v.revision))
@@ -131,7 +137,15 @@ impl StateMachineStore {
 
     /// Every key of `table` with its value and mod revision, sorted by key.
     pub fn list(&self, table: &str) -> Vec<(String, serde_json::Value, u64)> {
-        self.list_with_revision(table).1
+        self.list_json(table)
+            .into_iter()
+            .map(|(k, v, r)| (k, v.to_value(), r))
+            .collect()
+    }
+
+    /// Like [`Self::list`], the values as stored (no parsing).
+    pub fn list_json(&self, table: &str) -> Vec<(String, Json, u64)> {
+        self.list_where(table, |_| true).1
     }
 
     /// The names of the tables that hold at least one key, sorted.
@@ -144,16 +158,38 @@ impl StateMachineStore {
             .collect()
     }
 
-    /// Like [`Self::list`], with the state machine's revision at the moment of the listing. A watcher subscribes
-    /// first, lists, then skips every [`Committed`] whose revision is not above the listing's.
-    pub fn list_with_revision(&self, table: &str) -> (u64, Vec<(String, serde_json::Value, u64)>) {
+    /// Like [`Self::list_json`], with the state machine's revision at the moment of the listing. A watcher
+    /// subscribes first, lists, then skips every [`Committed`] whose revision is not above the listing's.
+    pub fn list_with_revision(&self, table: &str) -> (u64, Vec<(String, Json, u64)>) {
+        self.list_where(table, |_| true)
+    }
+
+    /// Like [`Self::list_with_revision`], only the rows whose value `keep` accepts.
+    pub fn list_where(&self, table: &str, keep: impl Fn(&Json) -> bool) -> (u64, Vec<(String, Json, u64)>) {
         let state = self.read();
         let rows = state
             .tables
             .get(table)
             .map(|keys| {
                 keys.iter()
+                    .filter(|(_, v)| keep(&v.value))
                     .map(|(key, v)| (key.clone(), v.value.clone(), v.revision))
+                    .collect()
+            })
+            .unwrap_or_default();
+        (revision(&state), rows)
+    }
+
+    /// Each key of `table` for which `pick` finds something in its value, with what it found, and the revision of
+    /// the state they were read from (an index to keep up to date from the watch stream).
+    pub fn index<T>(&self, table: &str, pick: impl Fn(&Json) -> Option<T>) -> (u64, Vec<(String, T)>) {
+        let state = self.read();
+        let rows = state
+            .tables
+            .get(table)
+            .map(|keys| {
+                keys.iter()
+                    .filter_map(|(key, v)| pick(&v.value).map(|found| (key.clone(), found)))
                     .collect()
             })
             .unwrap_or_default();

@@ -63,7 +63,7 @@ fn put(table: &str, key: &str, value: serde_json::Value) -> Op {
     Op::Put {
         table: table.into(),
         key: key.into(),
-        value,
+        value: value.into(),
     }
 }
 
@@ -343,13 +343,13 @@ async fn watchers_see_each_committed_change_with_its_revision() {
             Change {
                 table: "tasks".into(),
                 key: "t1".into(),
-                value: Some(json!("new")),
+                value: Some(json!("new").into()),
                 revision: 1
             },
             Change {
                 table: "tasks".into(),
                 key: "t2".into(),
-                value: Some(json!("new")),
+                value: Some(json!("new").into()),
                 revision: 1
             },
         ]
@@ -414,7 +414,7 @@ async fn installing_a_snapshot_resyncs_watchers() {
         .changes
         .iter()
         .cloned()
-        .map(|c| (c.key, c.value, c.revision))
+        .map(|c| (c.key, c.value.map(|v| v.to_value()), c.revision))
         .collect();
     changes.sort_by(|x, y| x.0.cmp(&y.0));
     assert_eq!(

@@ -1,6 +1,83 @@
 //! The values that travel through Raft: peers, write requests with their guards and ops, responses, and the
 //! committed changes the watch stream delivers.
 
+use std::sync::Arc;
+
+use serde_json::value::RawValue;
+
+/// A stored value as JSON text, shared: the Raft log, the state machine and every watcher hold the same text, and a
+/// copy is a reference count. Text rather than a parsed `serde_json::Value`: a task is ~1.5 KiB of text and ~8 KiB
+/// parsed (150,000 tasks did not fit a manager's memory budget parsed), redb and the Raft messages carry text
+/// anyway, and a reader decodes it straight into its own type. It serializes as the JSON it holds, so the log, the
+/// snapshots and the wire format are the same as with a `Value`.
+#[derive(Clone)]
+pub struct Json(Arc<RawValue>);
+
+impl Json {
+    /// `value` serialized.
+    pub fn encode<T: serde::Serialize + ?Sized>(value: &T) -> Result<Json, serde_json::Error> {
+        Ok(Json(Arc::from(serde_json::value::to_raw_value(value)?)))
+    }
+
+    /// The JSON text.
+    pub fn as_str(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The value as a `T` (only what `T` names is read; other fields are skipped).
+    pub fn decode<'a, T: serde::Deserialize<'a>>(&'a self) -> Result<T, serde_json::Error> {
+        serde_json::from_str(self.as_str())
+    }
+
+    /// The value parsed (`Null` if it cannot be: a value deeper than serde_json's recursion limit).
+    pub fn to_value(&self) -> serde_json::Value {
+        self.decode().unwrap_or(serde_json::Value::Null)
+    }
+}
+
+impl From<serde_json::Value> for Json {
+    fn from(value: serde_json::Value) -> Json {
+        // A `Value` always serializes (its map keys are strings).
+        Json::encode(&value).unwrap_or_else(|_| Json(Arc::from(RawValue::NULL.to_owned())))
+    }
+}
+
+impl PartialEq for Json {
+    fn eq(&self, other: &Json) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl PartialEq<serde_json::Value> for Json {
+    fn eq(&self, other: &serde_json::Value) -> bool {
+        self.to_value() == *other
+    }
+}
+
+impl std::fmt::Display for Json {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for Json {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl serde::Serialize for Json {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Json {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Json, D::Error> {
+        Box::<RawValue>::deserialize(d).map(|raw| Json(Arc::from(raw)))
+    }
+}
+
 /// How to reach a manager: its API address and its swarm node id (string, as `swarm node ls` shows).
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Peer {
@@ -29,11 +106,7 @@ pub enum Guard {
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Op {
     /// Store `value` under `key`; the key's mod revision becomes the entry's log index.
-    Put {
-        table: String,
-        key: String,
-        value: serde_json::Value,
-    },
+    Put { table: String, key: String, value: Json },
     /// Remove `key`; deleting a key that does not exist changes nothing.
     Delete { table: String, key: String },
 }
@@ -57,7 +130,7 @@ pub struct Change {
     pub table: String,
     pub key: String,
     /// The new value, or `None` when the key was deleted.
-    pub value: Option<serde_json::Value>,
+    pub value: Option<Json>,
     /// The key's mod revision after the change (for a deletion: the revision that deleted it).
     pub revision: u64,
 }

@@ -39,7 +39,7 @@ const NODE_DEADLINE: Duration = Duration::from_secs(5);
 type WriteResult = Result<typ::ClientWriteResponse, typ::RaftError<typ::ClientWriteError>>;
 
 /// A table's rows: key, value and mod revision.
-pub type Rows = Vec<(String, serde_json::Value, u64)>;
+pub type Rows = Vec<(String, swarm_reconciler::store::Json, u64)>;
 
 /// Whether openraft is built to elect one leader per term (its `single-term-leader` feature). By default it is not:
 /// a leader is identified by (term, node id), totally ordered, so a term can have several leaders one after the
@@ -464,7 +464,7 @@ pub fn put(n: u64) -> Request {
         ops: vec![Op::Put {
             table: TABLE.to_string(),
             key: format!("k{n}"),
-            value: json!(n),
+            value: json!(n).into(),
         }],
     }
 }
