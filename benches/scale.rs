@@ -5,13 +5,14 @@
 //! heartbeat on the leader.
 //!
 //! Run: `cargo bench --bench scale` (a small case, 1,000 nodes / 10,000 tasks, then the full one).
-//! Knobs: `SCALE_NODES` (5,000), `SCALE_TASKS` (150,000), `SCALE_SERVICES` (tasks / 1,000), `SCALE_TIMEOUT`
+//! Knobs: `SCALE_NODES` (5,000), `SCALE_TASKS` (150,000), `SCALE_SERVICES` (tasks / 1,000), `SCALE_MANAGERS` (3;
+//! with 1 the process's memory is the leader's: the fake nodes keep nothing of what they are sent), `SCALE_TIMEOUT`
 //! (seconds to wait for convergence, 300), `SCALE_ONLY=small|full`, `SCALE_ELECTION_MS` (minimum Raft election
 //! timeout, 1,000; 0 for the production 150–300 ms).
 //!
 //! Memory: heap counted by this binary's global allocator (live and peak) and the process RSS. Both cover the whole
-//! process — the 3 managers (each with its own copy of the state) and the fake nodes — so they bound the leader's
-//! memory from above.
+//! process — every manager (each with its own copy of the state) and the fake nodes — so with 3 managers they bound
+//! the leader's memory from above, and `SCALE_MANAGERS=1` measures a leader alone.
 
 use std::alloc::GlobalAlloc;
 use std::alloc::Layout;
@@ -27,12 +28,24 @@ use swarm_reconciler::sim::Sim;
 struct Counting;
 
 static LIVE: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// Bytes this thread allocated minus those it freed: what one synchronous piece of work keeps, whatever the other
+    /// threads do meanwhile.
+    static THREAD_NET: std::cell::Cell<isize> = const { std::cell::Cell::new(0) };
+}
+
+fn thread_net(delta: isize) {
+    // `try_with`: the slot is gone while the thread exits.
+    let _ = THREAD_NET.try_with(|n| n.set(n.get() + delta));
+}
 static PEAK: AtomicUsize = AtomicUsize::new(0);
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let p = System.alloc(layout);
         if !p.is_null() {
+            thread_net(layout.size() as isize);
             let now = LIVE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
             PEAK.fetch_max(now, Ordering::Relaxed);
         }
@@ -40,11 +53,13 @@ unsafe impl GlobalAlloc for Counting {
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         System.dealloc(ptr, layout);
+        thread_net(-(layout.size() as isize));
         LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let p = System.realloc(ptr, layout, new_size);
         if !p.is_null() {
+            thread_net(new_size as isize - layout.size() as isize);
             if new_size > layout.size() {
                 let now = LIVE.fetch_add(new_size - layout.size(), Ordering::Relaxed) + new_size - layout.size();
                 PEAK.fetch_max(now, Ordering::Relaxed);
@@ -103,6 +118,7 @@ fn main() {
 
 fn case(nodes: usize, tasks: usize, services: Option<usize>) {
     let services = services.unwrap_or((tasks / 1_000).max(1));
+    let managers = env("SCALE_MANAGERS", 3).max(1) as u64;
     let timeout = Duration::from_secs(env("SCALE_TIMEOUT", 300) as u64);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -118,7 +134,7 @@ fn case(nodes: usize, tasks: usize, services: Option<usize>) {
         .expect("temp dir");
     let base_heap = LIVE.load(Ordering::Relaxed);
     PEAK.store(base_heap, Ordering::Relaxed);
-    println!("scale: {nodes} nodes, {tasks} tasks in {services} services, 3 managers");
+    println!("scale: {nodes} nodes, {tasks} tasks in {services} services, {managers} managers");
     runtime.block_on(async {
         // Raft timing: election timeout SCALE_ELECTION_MS–2× (default 1,000 ms), heartbeat a tenth of it; 0 is the
         // production default (50 ms, 150–300 ms), which elects a new leader under this load on 2 cores (see the
@@ -127,7 +143,7 @@ fn case(nodes: usize, tasks: usize, services: Option<usize>) {
             0 => swarm_reconciler::store::default_raft_config(),
             min => swarm_reconciler::store::raft_config(10_000, (min / 10).max(10), min, 2 * min),
         };
-        let mut sim = Sim::start(dir.path(), 3, Settings::default(), raft).await;
+        let mut sim = Sim::start(dir.path(), managers, Settings::default(), raft).await;
         let first_term = sim.terms()[0].0;
         let t = Instant::now();
         sim.add_nodes(nodes, Duration::from_millis(1_000)).await;
@@ -189,7 +205,7 @@ fn case(nodes: usize, tasks: usize, services: Option<usize>) {
         }
         let (rss_now, rss_peak) = rss();
         println!(
-            "  memory (whole process: 3 managers + {nodes} fake nodes): heap live {:.0} MiB (idle cluster before the services: {:.0} MiB), heap peak {:.0} MiB; RSS {:.0} MiB, peak RSS {:.0} MiB",
+            "  memory (whole process: {managers} managers + {nodes} fake nodes): heap live {:.0} MiB (idle cluster before the services: {:.0} MiB), heap peak {:.0} MiB; RSS {:.0} MiB, peak RSS {:.0} MiB",
             mib(LIVE.load(Ordering::Relaxed) - base_heap),
             mib(idle_heap - base_heap),
             mib(PEAK.load(Ordering::Relaxed) - base_heap),
@@ -197,17 +213,26 @@ fn case(nodes: usize, tasks: usize, services: Option<usize>) {
             mib(rss_peak),
         );
 
-        // One manager's in-memory copy of the tasks: what cloning every task value of its state machine allocates.
-        let before = LIVE.load(Ordering::Relaxed);
-        let copy = sim.leader().sm.list("tasks");
-        let state = LIVE.load(Ordering::Relaxed).saturating_sub(before);
+        // One manager's in-memory copy of the tasks: the JSON text its state machine holds.
+        let copy = sim.leader().sm.list_json("tasks");
+        let text: usize = copy.iter().map(|(key, v, _)| key.len() + v.as_str().len()).sum();
         println!(
-            "  one manager's tasks as JSON values (its state machine's copy): {:.0} MiB for {} tasks, {:.1} KiB each",
-            mib(state),
+            "  one manager's tasks in its state machine (JSON text): {:.0} MiB for {} tasks, {:.1} KiB each",
+            mib(text),
             copy.len(),
-            state as f64 / 1024.0 / copy.len().max(1) as f64
+            text as f64 / 1024.0 / copy.len().max(1) as f64
         );
         drop(copy);
+        // What the leader's orchestrator keeps: every task decoded (measured as a fresh decode of them all).
+        let before = THREAD_NET.with(|n| n.get());
+        let decoded = swarm_reconciler::store::list::<swarm_specs::task::Task>(&sim.leader().sm);
+        let typed = (THREAD_NET.with(|n| n.get()) - before).max(0) as usize;
+        println!(
+            "  the orchestrator's decoded copy of the tasks: {:.0} MiB, {:.1} KiB each",
+            mib(typed),
+            typed as f64 / 1024.0 / decoded.len().max(1) as f64
+        );
+        drop(decoded);
         if sim.leader().is_leader() {
             heartbeats(&sim, "after").await;
         }

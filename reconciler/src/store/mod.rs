@@ -114,7 +114,7 @@ pub struct Stores {
 /// redb's page cache. Reads are served from the state machine's in-memory copy, so redb reads only recent log
 /// entries (replication, apply) and the pages a write touches; its default (1 GiB) held most of a manager's memory
 /// at 150,000 tasks.
-pub const REDB_CACHE_BYTES: usize = 64 << 20;
+pub const REDB_CACHE_BYTES: usize = 16 << 20;
 
 /// Opens (creating if needed) `<dir>/raft.redb`: log, vote, committed, purged, state machine and the current
 /// snapshot in one redb file (what is fsynced when: see the module documentation).
