@@ -296,7 +296,10 @@ impl Sim {
             }
             if task.status.state == TaskState::Running {
                 census.running += 1;
-                *census.running_per_node.entry(task.node_id.unwrap_or_default()).or_default() += 1;
+                *census
+                    .running_per_node
+                    .entry(task.node_id.unwrap_or_default())
+                    .or_default() += 1;
             } else {
                 census.not_running += 1;
             }
