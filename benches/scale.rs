@@ -235,6 +235,7 @@ fn case(nodes: usize, tasks: usize, services: Option<usize>) {
         drop(decoded);
         if sim.leader().is_leader() {
             heartbeats(&sim, "after").await;
+            resync_all(&sim, tasks).await;
         }
         sim.shutdown().await;
     });
@@ -268,5 +269,38 @@ async fn heartbeats(sim: &Sim, when: &str) {
         ids.len(),
         check.as_secs_f64() * 1000.0,
         transitions.len(),
+    );
+}
+
+/// Every node opens a second session at once, as after a leader change: the time until each has its complete set.
+async fn resync_all(sim: &Sim, tasks: usize) {
+    use swarm_reconciler::dispatcher::SessionMessage;
+    let t = Instant::now();
+    let sessions: Vec<_> = sim
+        .nodes
+        .iter()
+        .map(|n| {
+            let mut rx = sim.dispatchers[0].session(&n.id);
+            tokio::spawn(async move {
+                let mut count = 0;
+                while let Some(message) = rx.recv().await {
+                    match message {
+                        SessionMessage::Tasks { tasks } => count += tasks.len(),
+                        SessionMessage::End => break,
+                        _ => {}
+                    }
+                }
+                count
+            })
+        })
+        .collect();
+    let mut received = 0;
+    for s in sessions {
+        received += s.await.unwrap_or(0);
+    }
+    println!(
+        "  every node's complete set again at once (as after a leader change): {} sessions, {received} of {tasks} tasks in {:.2} s",
+        sim.nodes.len(),
+        t.elapsed().as_secs_f64()
     );
 }

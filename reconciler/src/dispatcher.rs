@@ -173,6 +173,36 @@ struct Routing {
     inboxes: HashMap<String, Vec<Arc<Inbox>>>,
     /// Task id → the node it was on at the last change the router handled.
     task_node: HashMap<String, String>,
+    /// The same, by node: what a session's complete set reads.
+    node_tasks: HashMap<String, HashSet<String>>,
+    /// The revision of the last change the router handled.
+    revision: u64,
+}
+
+impl Routing {
+    fn place(&mut self, task: &str, node: Option<&str>) -> Option<String> {
+        let before = match node {
+            Some(n) => self.task_node.insert(task.to_string(), n.to_string()),
+            None => self.task_node.remove(task),
+        };
+        if before.as_deref() != node {
+            if let Some(b) = &before {
+                if let Some(set) = self.node_tasks.get_mut(b) {
+                    set.remove(task);
+                    if set.is_empty() {
+                        self.node_tasks.remove(b);
+                    }
+                }
+            }
+            if let Some(n) = node {
+                self.node_tasks
+                    .entry(n.to_string())
+                    .or_default()
+                    .insert(task.to_string());
+            }
+        }
+        before
+    }
 }
 
 impl Routes {
@@ -190,6 +220,18 @@ impl Routes {
         inbox
     }
 
+    /// The tasks on `node_id` and the revision the router has handled, read together: every later change of one of
+    /// the node's tasks is in the node's inboxes.
+    fn tasks_of(&self, node_id: &str) -> (u64, Vec<String>) {
+        let r = self.lock();
+        let ids = r
+            .node_tasks
+            .get(node_id)
+            .map(|ids| ids.iter().cloned().collect())
+            .unwrap_or_default();
+        (r.revision, ids)
+    }
+
     fn close(&self, node_id: &str, inbox: &Arc<Inbox>) {
         let mut r = self.lock();
         if let Some(list) = r.inboxes.get_mut(node_id) {
@@ -204,39 +246,31 @@ impl Routes {
     fn reset(&self, sm: &store::StateMachineStore) -> u64 {
         let (revision, task_node) = sm.index(Task::TABLE, node_of);
         let mut r = self.lock();
-        r.task_node = task_node.into_iter().collect();
+        r.task_node = HashMap::new();
+        r.node_tasks = HashMap::new();
+        for (task, node) in task_node {
+            r.place(&task, Some(&node));
+        }
+        r.revision = revision;
         r.inboxes.values().flatten().for_each(|i| i.resync());
         revision
     }
 
     fn route(&self, committed: &store::Committed) {
         let mut r = self.lock();
-        let Routing { inboxes, task_node } = &mut *r;
         for (i, change) in committed.changes.iter().enumerate() {
             if change.table != Task::TABLE {
                 continue;
             }
             let placement = change.value.as_ref().and_then(|v| v.decode::<Placement>().ok());
             let node = placement.as_ref().and_then(|p| p.node_id.as_deref());
-            let before = match node {
-                Some(n) => task_node.insert(change.key.clone(), n.to_string()),
-                None => task_node.remove(&change.key),
-            };
-            if let Some(n) = node {
-                inboxes
-                    .get(n)
-                    .into_iter()
-                    .flatten()
-                    .for_each(|inbox| inbox.push(&committed.changes, i));
-            }
-            if let Some(b) = before.filter(|b| Some(b.as_str()) != node) {
-                inboxes
-                    .get(&b)
-                    .into_iter()
-                    .flatten()
-                    .for_each(|inbox| inbox.push(&committed.changes, i));
+            let before = r.place(&change.key, node);
+            let nodes = [node, before.as_deref().filter(|b| Some(*b) != node)];
+            for inbox in nodes.into_iter().flatten().filter_map(|n| r.inboxes.get(n)).flatten() {
+                inbox.push(&committed.changes, i);
             }
         }
+        r.revision = committed.revision;
     }
 }
 
@@ -396,25 +430,31 @@ fn assigned_to(task: &Task, node_id: &str) -> bool {
     task.node_id.as_deref() == Some(node_id) && task.status.state >= swarm_specs::task::TaskState::Assigned
 }
 
+/// Sends the node's complete set. Returns the revision of the router's index it was read from, and for each task
+/// sent the revision it was sent at: a change of the inbox at or below those is in the set already.
 async fn send_full(
-    m: &Manager,
+    d: &Dispatcher,
     node_id: &str,
     tx: &mpsc::Sender<SessionMessage>,
     delivery: &mut Delivery,
-) -> Option<(u64, HashSet<String>)> {
+) -> Option<(u64, HashMap<String, u64>)> {
+    let m = &d.manager;
     let sm = &m.sm;
-    // Only this node's tasks are copied out of the store (looking at the node of every task is cheap; copying and
-    // decoding every task is not).
-    let (revision, rows) = sm.list_where(Task::TABLE, |v| {
-        v.decode::<Placement>()
-            .is_ok_and(|p| p.node_id.as_deref() == Some(node_id))
-    });
-    let mine: Vec<Task> = rows
-        .into_iter()
-        .filter_map(|(key, v, _)| store::decode::<Task>(&key, &v))
-        .filter(|t| assigned_to(t, node_id))
-        .collect();
-    let ids = mine.iter().map(|t| t.id.clone()).collect();
+    // The router's index names the node's tasks, so only those are read from the store (the store may be ahead of
+    // the index: each task is read as it is now, and older changes of it are skipped).
+    let (revision, ids) = d.routes.tasks_of(node_id);
+    let mut sent = HashMap::new();
+    let mut mine: Vec<Task> = Vec::new();
+    for id in ids {
+        let Some((value, rev)) = sm.get_json(Task::TABLE, &id) else {
+            continue;
+        };
+        if let Some(t) = store::decode::<Task>(&id, &value).filter(|t| assigned_to(t, node_id)) {
+            sent.insert(id, rev);
+            mine.push(t);
+        }
+    }
+    mine.sort_by(|a, b| a.id.cmp(&b.id));
     tx.send(SessionMessage::Begin).await.ok()?;
     // The node keeps only what a complete set sends again: start from nothing sent.
     *delivery = Delivery::default();
@@ -427,7 +467,7 @@ async fn send_full(
         tx.send(SessionMessage::Tasks { tasks: chunk.to_vec() }).await.ok()?;
     }
     tx.send(SessionMessage::End).await.ok()?;
-    Some((revision, ids))
+    Some((revision, sent))
 }
 
 async fn run_session(d: Arc<Dispatcher>, node_id: String, tx: mpsc::Sender<SessionMessage>) {
@@ -442,7 +482,8 @@ async fn run_session(d: Arc<Dispatcher>, node_id: String, tx: mpsc::Sender<Sessi
 async fn session(d: &Dispatcher, node_id: &str, tx: &mpsc::Sender<SessionMessage>, inbox: &Inbox) -> Option<()> {
     let sm = &d.manager.sm;
     let mut delivery = Delivery::default();
-    let (mut revision, mut mine) = send_full(&d.manager, node_id, tx, &mut delivery).await?;
+    let (mut revision, mut sent) = send_full(d, node_id, tx, &mut delivery).await?;
+    let mut mine: HashSet<String> = sent.keys().cloned().collect();
     let mut ping = tokio::time::interval(SESSION_PING);
     loop {
         tokio::select! {
@@ -451,13 +492,14 @@ async fn session(d: &Dispatcher, node_id: &str, tx: &mpsc::Sender<SessionMessage
             _ = inbox.wake.notified() => {
                 let Inboxed { changes, resync } = inbox.take();
                 if resync {
-                    (revision, mine) = send_full(&d.manager, node_id, tx, &mut delivery).await?;
+                    (revision, sent) = send_full(d, node_id, tx, &mut delivery).await?;
+                    mine = sent.keys().cloned().collect();
                     continue;
                 }
                 let mut changed = Vec::new();
                 let mut removed = Vec::new();
                 for change in changes.iter().map(|(entry, i)| &entry[*i]) {
-                    if change.revision <= revision {
+                    if change.revision <= revision || sent.get(&change.key).is_some_and(|&at| change.revision <= at) {
                         continue; // in the complete set already
                     }
                     let task = change.value.as_ref().and_then(|v| store::decode::<Task>(&change.key, v));

@@ -230,3 +230,89 @@ fn guard(id: &str, revision: u64) -> Guard {
         revision,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use swarm_specs::spec::Driver;
+    use swarm_specs::spec::TaskSpec;
+    use swarm_specs::task::TaskState;
+    use swarm_specs::task::TaskStatus;
+
+    use super::*;
+    use crate::store::Change;
+    use crate::store::Committed;
+
+    fn task(id: &str, state: TaskState) -> Task {
+        Task {
+            id: id.into(),
+            service: "s_web".into(),
+            slot: Some(1),
+            node_id: Some("n1".into()),
+            spec_version: 1,
+            spec: TaskSpec::with_command(Driver::Process, None, vec!["true".into()]),
+            desired_state: TaskState::Running,
+            status: TaskStatus::new(state, 1, ""),
+            created_at: 1,
+            ports: Vec::new(),
+            networks: Vec::new(),
+            started_at: None,
+        }
+    }
+
+    fn committed(revision: u64, changes: Vec<(&str, Option<Task>)>) -> Committed {
+        Committed {
+            revision,
+            changes: changes
+                .into_iter()
+                .map(|(key, t)| Change {
+                    table: Task::TABLE.into(),
+                    key: key.into(),
+                    value: t.map(|t| store::Json::encode(&t).unwrap()),
+                    revision,
+                })
+                .chain([Change {
+                    table: "services".into(),
+                    key: "s_web".into(),
+                    value: None,
+                    revision,
+                }])
+                .collect::<Vec<_>>()
+                .into(),
+        }
+    }
+
+    #[test]
+    fn the_task_copy_follows_changes_after_its_listing_and_only_those() {
+        let mut cache = TaskCache::default();
+        // No copy: changes are not even decoded.
+        cache.apply(&committed(1, vec![("a", Some(task("a", TaskState::Assigned)))]));
+        assert!(cache.rows().is_empty());
+
+        // Listed at revision 5: a change at or below it is in the listing already (or was overtaken by it).
+        cache.by_id.insert("a".into(), (task("a", TaskState::Running), 5));
+        cache.loaded = Some(5);
+        cache.apply(&committed(4, vec![("a", Some(task("a", TaskState::Starting)))]));
+        assert_eq!(cache.rows()[0].0.status.state, TaskState::Running);
+
+        // Later changes: updated, added, deleted; other tables ignored.
+        cache.apply(&committed(
+            6,
+            vec![
+                ("a", Some(task("a", TaskState::Failed))),
+                ("b", Some(task("b", TaskState::New))),
+            ],
+        ));
+        let rows = cache.rows();
+        assert_eq!(rows.len(), 2);
+        assert_eq!((rows[0].0.status.state, rows[0].1), (TaskState::Failed, 6));
+        assert_eq!(rows[1].0.id, "b");
+        cache.apply(&committed(7, vec![("a", None)]));
+        assert_eq!(
+            cache.rows().iter().map(|(t, _)| t.id.as_str()).collect::<Vec<_>>(),
+            ["b"]
+        );
+
+        cache.forget();
+        assert!(cache.rows().is_empty());
+    }
+}

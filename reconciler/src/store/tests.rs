@@ -658,3 +658,27 @@ async fn a_lagging_manager_catches_up_from_a_snapshot() {
 
     cluster.shutdown().await;
 }
+
+#[test]
+fn a_json_value_keeps_its_text_and_serializes_as_it() {
+    let value = json!({"b": 1, "a": [true, null, "x\u{e9}"], "c": {"d": 1.5}});
+    let stored = Json::from(value.clone());
+    // The same bytes a `Value` serializes to, in the log, the snapshots and on the wire.
+    assert_eq!(stored.as_str(), serde_json::to_string(&value).unwrap());
+    let op = put("t", "k", value.clone());
+    let text = serde_json::to_string(&op).unwrap();
+    assert_eq!(
+        text,
+        serde_json::to_string(&json!({"Put": {"table": "t", "key": "k", "value": value}})).unwrap()
+    );
+    let back: Op = serde_json::from_str(&text).unwrap();
+    assert_eq!(back, op);
+    assert_eq!(stored.to_value(), value);
+    assert_eq!(stored, value);
+    #[derive(serde::Deserialize, PartialEq, Debug)]
+    struct OnlyB {
+        b: u64,
+    }
+    assert_eq!(stored.decode::<OnlyB>().unwrap(), OnlyB { b: 1 });
+    assert!(stored.decode::<u64>().is_err());
+}
