@@ -145,7 +145,7 @@ impl StateMachineStore {
 
     /// Like [`Self::list`], the values as stored (no parsing).
     pub fn list_json(&self, table: &str) -> Vec<(String, Json, u64)> {
-        self.list_where(table, |_| true).1
+        self.list_with_revision(table).1
     }
 
     /// The names of the tables that hold at least one key, sorted.
@@ -161,37 +161,22 @@ impl StateMachineStore {
     /// Like [`Self::list_json`], with the state machine's revision at the moment of the listing. A watcher
     /// subscribes first, lists, then skips every [`Committed`] whose revision is not above the listing's.
     pub fn list_with_revision(&self, table: &str) -> (u64, Vec<(String, Json, u64)>) {
-        self.list_where(table, |_| true)
-    }
-
-    /// Like [`Self::list_with_revision`], only the rows whose value `keep` accepts.
-    pub fn list_where(&self, table: &str, keep: impl Fn(&Json) -> bool) -> (u64, Vec<(String, Json, u64)>) {
-        let state = self.read();
-        let rows = state
-            .tables
-            .get(table)
-            .map(|keys| {
-                keys.iter()
-                    .filter(|(_, v)| keep(&v.value))
-                    .map(|(key, v)| (key.clone(), v.value.clone(), v.revision))
-                    .collect()
-            })
-            .unwrap_or_default();
-        (revision(&state), rows)
+        self.scan(table, |key, v| Some((key.to_string(), v.value.clone(), v.revision)))
     }
 
     /// Each key of `table` for which `pick` finds something in its value, with what it found, and the revision of
     /// the state they were read from (an index to keep up to date from the watch stream).
     pub fn index<T>(&self, table: &str, pick: impl Fn(&Json) -> Option<T>) -> (u64, Vec<(String, T)>) {
+        self.scan(table, |key, v| pick(&v.value).map(|found| (key.to_string(), found)))
+    }
+
+    /// What `pick` makes of each row of `table` (in key order), and the state's revision, under one read lock.
+    fn scan<T>(&self, table: &str, pick: impl Fn(&str, &Versioned) -> Option<T>) -> (u64, Vec<T>) {
         let state = self.read();
         let rows = state
             .tables
             .get(table)
-            .map(|keys| {
-                keys.iter()
-                    .filter_map(|(key, v)| pick(&v.value).map(|found| (key.clone(), found)))
-                    .collect()
-            })
+            .map(|keys| keys.iter().filter_map(|(key, v)| pick(key, v)).collect())
             .unwrap_or_default();
         (revision(&state), rows)
     }
