@@ -243,7 +243,7 @@ impl Routes {
     }
 
     /// Where every task is, from the store (at start and after the router lagged); every session resyncs.
-    fn reset(&self, sm: &store::StateMachineStore) -> u64 {
+    fn reset(&self, sm: &store::StateMachineStore) {
         let (revision, task_node) = sm.index(Task::TABLE, node_of);
         let mut r = self.lock();
         r.task_node = HashMap::new();
@@ -253,11 +253,14 @@ impl Routes {
         }
         r.revision = revision;
         r.inboxes.values().flatten().for_each(|i| i.resync());
-        revision
     }
 
+    /// Hands one entry's task changes to the inboxes that need them (an entry the index covers already is skipped).
     fn route(&self, committed: &store::Committed) {
         let mut r = self.lock();
+        if committed.revision <= r.revision {
+            return;
+        }
         for (i, change) in committed.changes.iter().enumerate() {
             if change.table != Task::TABLE {
                 continue;
@@ -290,7 +293,6 @@ async fn route_changes(
     sm: store::StateMachineStore,
     routes: Arc<Routes>,
     mut watch: tokio::sync::broadcast::Receiver<store::Committed>,
-    mut revision: u64,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
@@ -299,14 +301,10 @@ async fn route_changes(
             c = watch.recv() => c,
         };
         match committed {
-            Ok(c) if c.revision > revision => {
-                revision = c.revision;
-                routes.route(&c);
-            }
-            Ok(_) => {}
+            Ok(c) => routes.route(&c),
             Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                 watch = sm.subscribe();
-                revision = routes.reset(&sm);
+                routes.reset(&sm);
             }
             Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
         }
@@ -338,14 +336,8 @@ impl Dispatcher {
         });
         // Subscribed before any session opens, so every change after the index reaches the sessions that need it.
         let watch = manager.sm.subscribe();
-        let revision = routes.reset(&manager.sm);
-        tokio::spawn(route_changes(
-            manager.sm.clone(),
-            routes,
-            watch,
-            revision,
-            shutdown.clone(),
-        ));
+        routes.reset(&manager.sm);
+        tokio::spawn(route_changes(manager.sm.clone(), routes, watch, shutdown.clone()));
         tokio::spawn(batch_statuses(manager, rx, shutdown));
         d
     }
