@@ -586,8 +586,10 @@ impl Inner {
     /// Each network the task attaches to exists on this node: a bridge network of that name, created on demand and
     /// labelled with the stack and the node (stack networks are per-node bridges until cross-host networking).
     /// Returns each network's id. The engine lets two concurrent creates make two networks of one name (several
-    /// nodes may share an engine, as in tests): every caller then keeps the oldest and removes the others, so all
-    /// agree on one.
+    /// nodes may share an engine, as in tests), and a create can become visible after a later one that another
+    /// agent already uses: so an agent that created a network and then finds another of that name removes its own
+    /// (nothing uses it yet) and takes the other; when both gave theirs up it tries again, and after that keeps the
+    /// oldest. Extras nobody uses are removed.
     async fn ensure_networks(&self, docker: &Docker, task: &TaskRun) -> Result<HashMap<String, String>, DriverError> {
         let mut ids = HashMap::new();
         if task.spec.networks.is_empty() {
@@ -597,14 +599,21 @@ impl Inner {
         for attachment in &task.spec.networks {
             let name = attachment.target.as_str();
             let mut found = self.networks_named(docker, name).await?;
-            if found.is_empty() {
-                let request = network_request(task, name);
-                match docker.create_network(request).await {
-                    Ok(_) => {}
-                    Err(e) if status_of(&e) == Some(409) => {}
-                    Err(e) => return Err(self.engine_error(&format!("creating network {name:?}"), e)),
+            for attempt in 0..3 {
+                if !found.is_empty() {
+                    break;
                 }
+                let request = network_request(task, name);
+                let mine = match docker.create_network(request).await {
+                    Ok(created) => Some(created.id),
+                    Err(e) if status_of(&e) == Some(409) => None,
+                    Err(e) => return Err(self.engine_error(&format!("creating network {name:?}"), e)),
+                };
                 found = self.networks_named(docker, name).await?;
+                if let Some(mine) = mine.filter(|_| found.len() > 1 && attempt < 2) {
+                    let _ = docker.remove_network(&mine).await;
+                    found = self.networks_named(docker, name).await?;
+                }
             }
             let Some((_, keep)) = found.first().cloned() else {
                 return Err(DriverError::Rejected(format!(
