@@ -94,6 +94,8 @@ pub struct Manager {
     leader_since: Mutex<Option<Instant>>,
     /// Leader only: when a majority last acknowledged this leader (see [`track_quorum_acks`]).
     quorum_acked_at: Arc<Mutex<Option<Instant>>>,
+    /// Leader only: writes go into Raft entries through it (group commit).
+    proposer: store::Proposer,
 }
 
 /// How recent a majority's acknowledgement must be for a write to skip confirming leadership before it appends.
@@ -164,7 +166,9 @@ impl Manager {
             .map_err(|e| ManagerError::Raft(e.to_string()))?;
         let quorum_acked_at = Arc::new(Mutex::new(None));
         tokio::spawn(track_quorum_acks(raft.data_metrics(), quorum_acked_at.clone()));
+        let proposer = store::Proposer::start(raft.clone());
         Ok(Arc::new(Manager {
+            proposer,
             raft,
             sm,
             raft_id,
@@ -254,8 +258,8 @@ impl Manager {
                         Err(_) => return Err(self.no_quorum().await),
                     }
                 }
-                match tokio::time::timeout(remaining, self.raft.client_write(request.clone())).await {
-                    Ok(Ok(response)) => return Ok(response.data),
+                match tokio::time::timeout(remaining, self.proposer.write(request.clone())).await {
+                    Ok(Ok(response)) => return Ok(response),
                     Ok(Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_)))) => None,
                     Ok(Err(e)) => return Err(ManagerError::Raft(e.to_string())),
                     Err(_) => return Err(self.no_quorum().await),
@@ -291,8 +295,8 @@ impl Manager {
             Ok(Err(e)) => return Err(ManagerError::Rejected(format!("leadership not confirmed: {e}"))),
             Err(_) => return Err(self.no_quorum().await),
         }
-        match tokio::time::timeout(timeout, self.raft.client_write(request)).await {
-            Ok(Ok(response)) => Ok(response.data),
+        match tokio::time::timeout(timeout, self.proposer.write(request)).await {
+            Ok(Ok(response)) => Ok(response),
             Ok(Err(e)) => Err(ManagerError::Raft(e.to_string())),
             Err(_) => Err(self.no_quorum().await),
         }

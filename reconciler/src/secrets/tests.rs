@@ -279,7 +279,7 @@ async fn store_with(dir: &std::path::Path, ops: Vec<Op>) -> StateMachineStore {
     let mut stores = store::open(dir).unwrap();
     let entry = typ::Entry {
         log_id: typ::LogId::new(CommittedLeaderId::new(1, 1), 1),
-        payload: EntryPayload::Normal(Request { guards: vec![], ops }),
+        payload: EntryPayload::Normal(Request { guards: vec![], ops }.into()),
     };
     stores.state_machine.apply(vec![entry]).await.unwrap();
     stores.state_machine

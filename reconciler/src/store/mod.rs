@@ -14,6 +14,7 @@
 
 mod error;
 mod log;
+mod proposer;
 mod state_machine;
 #[doc(hidden)]
 pub mod testing;
@@ -27,6 +28,8 @@ use std::sync::Arc;
 
 pub use self::error::StoreError;
 pub use self::log::LogStore;
+pub use self::proposer::ProposeResult;
+pub use self::proposer::Proposer;
 pub use self::state_machine::StateMachineStore;
 pub use self::types::Change;
 pub use self::types::Committed;
@@ -34,6 +37,7 @@ pub use self::types::Guard;
 pub use self::types::Json;
 pub use self::types::Op;
 pub use self::types::Peer;
+pub use self::types::Proposal;
 pub use self::types::Request;
 pub use self::types::Response;
 
@@ -44,7 +48,7 @@ pub type NodeId = u64;
 openraft::declare_raft_types!(
     /// The Raft type plumbing for the manager store.
     pub TypeConfig:
-        D = Request,
+        D = Proposal,
         R = Response,
         NodeId = NodeId,
         Node = Peer,

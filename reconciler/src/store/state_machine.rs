@@ -41,6 +41,7 @@ use super::Committed;
 use super::Guard;
 use super::Json;
 use super::Op;
+use super::Proposal;
 use super::Request;
 use super::Response;
 use super::StoreError;
@@ -215,7 +216,7 @@ impl StateMachineStore {
                         batch.membership = Some(typ::StoredMembership::new(Some(entry.log_id), membership));
                         Response::Membership
                     }
-                    EntryPayload::Normal(request) => batch.apply(&state, entry.log_id.index, request),
+                    EntryPayload::Normal(proposal) => batch.apply_proposal(&state, entry.log_id.index, proposal),
                 });
             }
         }
@@ -381,7 +382,28 @@ impl Batch {
         }
     }
 
-    fn apply(&mut self, state: &State, revision: u64, request: Request) -> Response {
+    /// Applies an entry's request(s); their changes reach watchers as one [`Committed`] at the entry's revision.
+    fn apply_proposal(&mut self, state: &State, revision: u64, proposal: Proposal) -> Response {
+        let mut changes = Vec::new();
+        let response = match proposal {
+            Proposal::One(request) => self.apply(state, revision, request, &mut changes),
+            Proposal::Batch { batch } => Response::Batch(
+                batch
+                    .into_iter()
+                    .map(|request| self.apply(state, revision, request, &mut changes))
+                    .collect(),
+            ),
+        };
+        if !changes.is_empty() {
+            self.committed.push(Committed {
+                revision,
+                changes: changes.into(),
+            });
+        }
+        response
+    }
+
+    fn apply(&mut self, state: &State, revision: u64, request: Request, changes: &mut Vec<Change>) -> Response {
         for (index, guard) in request.guards.iter().enumerate() {
             match guard {
                 Guard::Revision {
@@ -397,7 +419,6 @@ impl Batch {
             }
         }
 
-        let mut changes = Vec::with_capacity(request.ops.len());
         for op in request.ops {
             match op {
                 Op::Put { table, key, value } => {
@@ -428,12 +449,6 @@ impl Batch {
                     });
                 }
             }
-        }
-        if !changes.is_empty() {
-            self.committed.push(Committed {
-                revision,
-                changes: changes.into(),
-            });
         }
         Response::Applied { revision }
     }

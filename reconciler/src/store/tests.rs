@@ -51,7 +51,7 @@ fn entry(index: u64, payload: typ::EntryPayload) -> typ::Entry {
 }
 
 fn write(index: u64, guards: Vec<Guard>, ops: Vec<Op>) -> typ::Entry {
-    entry(index, EntryPayload::Normal(Request { guards, ops }))
+    entry(index, EntryPayload::Normal(Request { guards, ops }.into()))
 }
 
 fn membership(index: u64) -> typ::Entry {
@@ -539,7 +539,7 @@ async fn three_managers_elect_a_leader_and_replicate_a_write() {
     };
     let written = cluster
         .raft(leader)
-        .client_write(request)
+        .client_write(request.into())
         .await
         .expect("write on the leader");
     let index = written.log_id.index;
@@ -556,7 +556,7 @@ async fn three_managers_elect_a_leader_and_replicate_a_write() {
     let follower = (1..=3).find(|id| *id != leader).expect("a follower");
     let err = cluster
         .raft(follower)
-        .client_write(put_request("x", json!(1)))
+        .client_write(put_request("x", json!(1)).into())
         .await
         .expect_err("followers refuse writes");
     let forward = err.forward_to_leader().expect("ForwardToLeader");
@@ -576,7 +576,7 @@ async fn a_cut_off_leader_loses_quorum_and_the_rest_carry_on() {
     // A write to the cut-off leader does not fail by itself: it waits for a quorum that never answers.
     let stranded = tokio::spawn({
         let raft = cluster.raft(old);
-        async move { raft.client_write(put_request("lost", json!(true))).await }
+        async move { raft.client_write(put_request("lost", json!(true)).into()).await }
     });
     // A linearizable read on it does fail: it cannot confirm its leadership.
     let read = cluster.raft(old).ensure_linearizable().await;
@@ -592,7 +592,7 @@ async fn a_cut_off_leader_loses_quorum_and_the_rest_carry_on() {
     assert_ne!(new, old);
     let written = cluster
         .raft(new)
-        .client_write(put_request("after", json!(1)))
+        .client_write(put_request("after", json!(1)).into())
         .await
         .expect("the majority takes writes");
     assert!(!stranded.is_finished());
@@ -627,7 +627,7 @@ async fn a_lagging_manager_catches_up_from_a_snapshot() {
     for i in 0..30 {
         last = cluster
             .raft(leader)
-            .client_write(put_request(&format!("k{i:02}"), json!(i)))
+            .client_write(put_request(&format!("k{i:02}"), json!(i)).into())
             .await
             .expect("write")
             .log_id
@@ -681,4 +681,152 @@ fn a_json_value_keeps_its_text_and_serializes_as_it() {
     }
     assert_eq!(stored.decode::<OnlyB>().unwrap(), OnlyB { b: 1 });
     assert!(stored.decode::<u64>().is_err());
+}
+
+#[test]
+fn a_single_request_is_stored_as_before_and_a_batch_round_trips() {
+    let request = Request {
+        guards: vec![at("kv", "a", 0)],
+        ops: vec![put("kv", "a", json!({"x": [1, 2]})), del("kv", "b")],
+    };
+    let one = serde_json::to_string(&Proposal::from(request.clone())).unwrap();
+    // Log entries written before batches existed read back as one request.
+    assert_eq!(one, serde_json::to_string(&request).unwrap());
+    assert_eq!(
+        serde_json::from_str::<Proposal>(&one).unwrap(),
+        Proposal::One(request.clone())
+    );
+
+    let batch = Proposal::Batch {
+        batch: vec![request.clone(), put_request("c", json!(3))],
+    };
+    let text = serde_json::to_string(&batch).unwrap();
+    assert_eq!(serde_json::from_str::<Proposal>(&text).unwrap(), batch);
+
+    let mixed = r#"{"guards": [], "ops": [], "batch": []}"#;
+    let err = serde_json::from_str::<Proposal>(mixed).expect_err("both shapes at once");
+    assert!(err.to_string().contains("either `guards` and `ops`"), "{err}");
+}
+
+#[tokio::test]
+async fn a_batch_applies_each_request_on_its_own_at_the_entrys_revision() {
+    let (_dir, mut stores) = fresh();
+    let sm = &mut stores.state_machine;
+    apply(sm, vec![write(1, vec![], vec![put("kv", "taken", json!(0))])]).await;
+    let mut rx = sm.subscribe();
+
+    let batch = Proposal::Batch {
+        batch: vec![
+            put_request("a", json!(1)),
+            // Its guard fails: only this request is left out.
+            Request {
+                guards: vec![at("kv", "taken", 0)],
+                ops: vec![put("kv", "taken", json!("mine"))],
+            },
+            Request {
+                guards: vec![at("kv", "c", 0)],
+                ops: vec![put("kv", "c", json!(3)), del("kv", "never-there")],
+            },
+        ],
+    };
+    let responses = apply(sm, vec![entry(2, EntryPayload::Normal(batch))]).await;
+
+    assert_eq!(
+        responses,
+        vec![Response::Batch(vec![
+            Response::Applied { revision: 2 },
+            Response::GuardFailed {
+                index: 0,
+                actual_revision: 1
+            },
+            Response::Applied { revision: 2 },
+        ])]
+    );
+    assert_eq!(sm.get("kv", "a"), Some((json!(1), 2)));
+    assert_eq!(sm.get("kv", "taken"), Some((json!(0), 1)));
+    assert_eq!(sm.get("kv", "c"), Some((json!(3), 2)));
+    // Watchers get the entry as one change set, as a request with several ops.
+    let committed = rx.try_recv().expect("one change set");
+    assert_eq!(committed.revision, 2);
+    let keys: Vec<&str> = committed.changes.iter().map(|c| c.key.as_str()).collect();
+    assert_eq!(keys, ["a", "c"]);
+    assert!(rx.try_recv().is_err(), "one entry, one change set");
+}
+
+/// Writes that queue up while the proposer's slots are taken share entries; each gets its own response, and two
+/// concurrent writes to one key never share an entry (each keeps its own revision).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proposer_shares_entries_between_concurrent_writes_of_different_keys() {
+    let cluster = Cluster::start(raft_config(1000, 50, 150, 300)).await;
+    let leader = cluster.leader(1, None).await;
+    let proposer = Proposer::start(cluster.raft(leader));
+    let before = cluster.raft(leader).metrics().borrow().last_log_index.unwrap_or(0);
+
+    let writes = 200;
+    let mut calls = Vec::new();
+    for i in 0..writes {
+        let proposer = proposer.clone();
+        // Every tenth write goes to the same key: those must land in separate entries.
+        let key = if i % 10 == 0 {
+            "same".to_string()
+        } else {
+            format!("k{i}")
+        };
+        let request = Request {
+            guards: if i == 1 { vec![at("kv", "nothing", 7)] } else { vec![] },
+            ops: vec![put("kv", &key, json!(i))],
+        };
+        calls.push(tokio::spawn(async move { proposer.write(request).await }));
+    }
+    let mut revisions = Vec::new();
+    for (i, call) in calls.into_iter().enumerate() {
+        let response = call.await.expect("task").expect("committed");
+        match (i, response) {
+            (
+                1,
+                Response::GuardFailed {
+                    index: 0,
+                    actual_revision: 0,
+                },
+            ) => {}
+            (_, Response::Applied { revision }) if i != 1 => revisions.push((i, revision)),
+            (i, other) => panic!("write {i}: {other:?}"),
+        }
+    }
+
+    let last = cluster.raft(leader).metrics().borrow().last_log_index.unwrap_or(0);
+    assert!(
+        last - before < writes as u64 / 2,
+        "{writes} concurrent writes took {} entries",
+        last - before
+    );
+    // Concurrent writes to one key: each in an entry of its own, the last one applied wins.
+    let mut same: Vec<(u64, usize)> = revisions
+        .iter()
+        .filter(|(i, _)| i % 10 == 0)
+        .map(|(i, r)| (*r, *i))
+        .collect();
+    same.sort();
+    assert!(
+        same.windows(2).all(|w| w[0].0 < w[1].0),
+        "one key, one revision each: {same:?}"
+    );
+    cluster.wait_applied(leader, last).await;
+    let sm = &cluster.machines[&leader];
+    let (revision, i) = same.last().copied().expect("writes to the same key");
+    assert_eq!(sm.get("kv", "same"), Some((json!(i), revision)));
+    for (i, revision) in revisions.iter().filter(|(i, _)| i % 10 != 0) {
+        assert_eq!(sm.get("kv", &format!("k{i}")), Some((json!(i), *revision)));
+    }
+    assert_eq!(sm.get("kv", "k1"), None, "the guarded write failed alone");
+
+    // A follower's proposer says where the leader is, for every write of the entry.
+    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+    let err = Proposer::start(cluster.raft(follower))
+        .write(put_request("x", json!(1)))
+        .await
+        .expect_err("followers refuse writes");
+    assert!(err.forward_to_leader().is_some(), "{err:?}");
+
+    cluster.shutdown().await;
 }

@@ -112,6 +112,65 @@ pub enum Op {
     Delete { table: String, key: String },
 }
 
+impl Request {
+    /// Every (table, key) the request reads (guards) or writes (ops).
+    pub fn keys(&self) -> impl Iterator<Item = (&str, &str)> {
+        let guards = self.guards.iter().map(|g| match g {
+            Guard::Revision { table, key, .. } => (table.as_str(), key.as_str()),
+        });
+        let ops = self.ops.iter().map(|op| match op {
+            Op::Put { table, key, .. } | Op::Delete { table, key } => (table.as_str(), key.as_str()),
+        });
+        guards.chain(ops)
+    }
+}
+
+/// What a normal Raft entry carries: one request, or several that arrived together at the leader (group commit,
+/// see [`super::Proposer`]). The requests of a batch apply in order, each on its own (a failed guard fails only its
+/// request), all at the entry's index as their revision; no two of them touch the same key, so a key's revision
+/// still names exactly one request's write. Untagged: a single request is stored as it always was.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged, try_from = "ProposalFields")]
+pub enum Proposal {
+    One(Request),
+    Batch { batch: Vec<Request> },
+}
+
+/// How a [`Proposal`] is read: serde's untagged enums buffer the input, which a [`Json`] value (raw text) cannot be
+/// read from, so the fields of both shapes are read as one struct.
+#[derive(serde::Deserialize)]
+struct ProposalFields {
+    guards: Option<Vec<Guard>>,
+    ops: Option<Vec<Op>>,
+    batch: Option<Vec<Request>>,
+}
+
+impl TryFrom<ProposalFields> for Proposal {
+    type Error = &'static str;
+
+    fn try_from(fields: ProposalFields) -> Result<Proposal, Self::Error> {
+        match fields {
+            ProposalFields {
+                guards: None,
+                ops: None,
+                batch: Some(batch),
+            } => Ok(Proposal::Batch { batch }),
+            ProposalFields {
+                guards: Some(guards),
+                ops: Some(ops),
+                batch: None,
+            } => Ok(Proposal::One(Request { guards, ops })),
+            _ => Err("a proposal has either `guards` and `ops` (one request) or `batch` (several)"),
+        }
+    }
+}
+
+impl From<Request> for Proposal {
+    fn from(request: Request) -> Proposal {
+        Proposal::One(request)
+    }
+}
+
 /// What applying an entry did.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Response {
@@ -123,6 +182,8 @@ pub enum Response {
     Membership,
     /// A blank entry (a new leader's first entry).
     Blank,
+    /// A [`Proposal::Batch`]: what each of its requests did, in order.
+    Batch(Vec<Response>),
 }
 
 /// A committed change, as the watch stream delivers it.

@@ -287,7 +287,7 @@ impl Sim {
             let node = believers[((pick + u64::from(attempts)) % believers.len() as u64) as usize];
             let Ok(raft) = self.raft(node) else { continue };
             attempts += 1;
-            let mut call = tokio::spawn(async move { raft.client_write(put(n)).await });
+            let mut call = tokio::spawn(async move { raft.client_write(put(n).into()).await });
             match tokio::time::timeout(attempt.min(deadline - now), &mut call).await {
                 Ok(Ok(Ok(written))) => {
                     let revision = written.log_id.index;
@@ -316,7 +316,7 @@ impl Sim {
     /// still unanswered then is kept, like [`Self::write`]'s timed-out attempts.
     pub async fn write_on(&mut self, node: NodeId, n: u64, within: Duration) -> Result<WriteResult, String> {
         let raft = self.raft(node)?;
-        let mut call = tokio::spawn(async move { raft.client_write(put(n)).await });
+        let mut call = tokio::spawn(async move { raft.client_write(put(n).into()).await });
         match tokio::time::timeout(within, &mut call).await {
             Ok(result) => result.map_err(|panic| format!("client_write of k{n} on node {node} panicked: {panic}")),
             Err(_) => {
