@@ -570,7 +570,20 @@ impl Daemon {
             ));
         };
         let manager = self.require_manager()?;
-        // Keep every object, then start a fresh Raft log holding only this manager.
+        let mut running = self.running.lock().await;
+        if let Some(old) = running.take() {
+            self.stop_running(old).await;
+        }
+        drop(running);
+        // Every entry of this manager's log counts (an acknowledged write may not be applied here yet); keep every
+        // object, then start a fresh Raft log holding only this manager.
+        let applied = manager.apply_whole_log().await?;
+        if applied > 0 {
+            tracing::info!(
+                entries = applied,
+                "--force-new-cluster applied the rest of this manager's log"
+            );
+        }
         let mut ops = Vec::new();
         for table in manager.sm.tables() {
             for (key, value, _) in manager.sm.list_json(&table) {
@@ -581,11 +594,6 @@ impl Daemon {
                 });
             }
         }
-        let mut running = self.running.lock().await;
-        if let Some(old) = running.take() {
-            self.stop_running(old).await;
-        }
-        drop(running);
         let backup = self
             .options
             .data_dir

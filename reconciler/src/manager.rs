@@ -79,6 +79,8 @@ impl Default for ManagerConfig {
 pub struct Manager {
     pub raft: typ::Raft,
     pub sm: StateMachineStore,
+    /// The Raft log (openraft owns it while the member runs; read only after [`Self::shutdown`]).
+    log: store::LogStore,
     pub raft_id: NodeId,
     pub node_id: String,
     pub client: PeerClient,
@@ -154,6 +156,7 @@ impl Manager {
     ) -> Result<Arc<Manager>, ManagerError> {
         let stores = store::open(dir).map_err(|e| ManagerError::Store(e.to_string()))?;
         let sm = stores.state_machine.clone();
+        let log = stores.log.clone();
         let raft_config = Arc::new(
             config
                 .raft
@@ -171,6 +174,7 @@ impl Manager {
             proposer,
             raft,
             sm,
+            log,
             raft_id,
             node_id: node_id.to_string(),
             client,
@@ -605,6 +609,37 @@ impl Manager {
     pub async fn shutdown(&self) {
         let _ = self.raft.shutdown().await;
     }
+
+    /// After [`Self::shutdown`]: applies every entry of this manager's log that its state machine lacks, as if
+    /// committed, and returns how many. `--force-new-cluster` rebuilds the cluster from the state machine, and the
+    /// committed id is not fsynced (see `store::log`), so an acknowledged write may be in the log only; like etcd's
+    /// `--force-new-cluster`, the survivor's whole log counts.
+    pub async fn apply_whole_log(&self) -> Result<usize, ManagerError> {
+        use openraft::storage::RaftStateMachine as _;
+        use openraft::RaftLogReader as _;
+        let from = self.sm.revision() + 1;
+        let entries = self
+            .log
+            .clone()
+            .try_get_log_entries(from..)
+            .await
+            .map_err(|e| ManagerError::Store(e.to_string()))?;
+        let Some(first) = entries.first() else { return Ok(0) };
+        if first.log_id.index != from {
+            return Err(ManagerError::Store(format!(
+                "the Raft log starts at entry {} but the state machine has applied only up to {}",
+                first.log_id.index,
+                from - 1
+            )));
+        }
+        let count = entries.len();
+        self.sm
+            .clone()
+            .apply(entries)
+            .await
+            .map_err(|e| ManagerError::Store(e.to_string()))?;
+        Ok(count)
+    }
 }
 
 /// A put that fails if someone else changed the object since it was read.
@@ -626,5 +661,65 @@ pub fn manager_status(node: &Node, leader_node_id: Option<&str>) -> &'static str
         Role::Manager if Some(node.id.as_str()) == leader_node_id => "Leader",
         Role::Manager if node.status == NodeStatus::Down => "Unreachable",
         Role::Manager => "Reachable",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::storage::RaftLogStorageExt as _;
+    use openraft::CommittedLeaderId;
+    use openraft::EntryPayload;
+    use serde_json::json;
+
+    use super::*;
+    use crate::store::testing::Router;
+
+    fn put(key: &str, value: serde_json::Value) -> Request {
+        Request {
+            guards: vec![],
+            ops: vec![store::Op::Put {
+                table: "kv".into(),
+                key: key.into(),
+                value: value.into(),
+            }],
+        }
+    }
+
+    /// What `--force-new-cluster` relies on: an entry that reached the log but not the state machine (a follower
+    /// that had not heard of the commit yet, or a crash that undid an apply) is applied from the log.
+    #[tokio::test]
+    async fn apply_whole_log_applies_the_entries_the_state_machine_lacks() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let router = Router::new();
+        let m = Manager::start_with_network(
+            &dir.path().join("raft"),
+            1,
+            &Router::peer(1).node_id,
+            router.network(1),
+            PeerClient::new(reqwest::Client::new()),
+            Arc::new(crate::secrets::Keyring::new(dir.path().join("keys"))),
+            ManagerConfig::default(),
+        )
+        .await
+        .expect("start");
+        router.add(1, m.raft.clone());
+        m.initialize(Router::peer(1)).await.expect("initialize");
+        m.write(put("a", json!(1))).await.expect("write");
+        let term = m.raft.metrics().borrow().current_term;
+        m.shutdown().await;
+
+        let applied = m.sm.revision();
+        let entry = typ::Entry {
+            log_id: typ::LogId::new(CommittedLeaderId::new(term, 1), applied + 1),
+            payload: EntryPayload::Normal(put("b", json!(2)).into()),
+        };
+        m.log.clone().blocking_append([entry]).await.expect("append");
+        assert_eq!(m.sm.get("kv", "b"), None);
+
+        assert_eq!(m.apply_whole_log().await.expect("apply"), 1);
+        assert_eq!(m.sm.get("kv", "b"), Some((json!(2), applied + 1)));
+        assert_eq!(m.sm.get("kv", "a").map(|(v, _)| v), Some(json!(1)));
+        assert_eq!(m.apply_whole_log().await.expect("nothing left"), 0);
     }
 }

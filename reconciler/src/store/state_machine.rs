@@ -6,11 +6,11 @@
 //!
 //! Applying is not fsynced, installing a snapshot and building one are. The state machine shares its redb file
 //! with the Raft log, and redb makes a commit without durability durable with the next durable one (the next log
-//! append or committed id); a crash in between rolls the state machine back to an older `last_applied`, and the
-//! restarted manager applies the same entries again from its log up to the committed id it saved (log entries are
-//! only purged by a durable write after a snapshot, which is itself durable). So a watcher may see a change again
-//! after a crash, never one that the cluster did not commit; and a write costs two fsyncs on the leader's path
-//! instead of three.
+//! append or vote); a crash in between rolls the state machine back to an older `last_applied` (never past the
+//! committed id it had saved, which is written before the apply), and the restarted manager applies the same
+//! entries again from its log (log entries are only purged by a durable write after a snapshot, which is itself
+//! durable). So a watcher may see a change again after a crash, never one that the cluster did not commit; and a
+//! write costs one fsync on the leader's path (its log append) instead of three.
 
 use std::collections::BTreeMap;
 use std::io::Cursor;
