@@ -1,8 +1,8 @@
 //! Group commit on the leader: the writes that queue up while earlier entries are in flight share the next entry.
 //!
-//! openraft 0.9 appends each client write as an entry of its own and flushes it to disk before it replicates it;
-//! every follower flushes it again, and the leader then saves the committed id. Under load a write would cost
-//! three flushes and a replication round however small it is. The proposer keeps at most [`IN_FLIGHT`] entry in
+//! openraft 0.9 appends each client write as an entry of its own and flushes it to disk before it replicates it,
+//! and every follower flushes it again: under load a write would cost a flush on every manager and a replication
+//! round however small it is. The proposer keeps at most [`IN_FLIGHT`] entry in
 //! flight and puts the writes that arrive meanwhile into one [`Proposal::Batch`] (at most [`MAX_BATCH`] requests and
 //! about [`MAX_BATCH_BYTES`] of values, never two requests that touch the same key), so a round's cost is shared by
 //! every write in it. A write that finds a free slot goes out at once, alone, as before.
@@ -25,7 +25,7 @@ use super::Response;
 
 /// Entries the proposer keeps in flight at once. One: a write that finds the slot free goes out at once, and the
 /// writes that arrive while an entry commits all go into the next, which was faster than more, smaller entries in
-/// `cargo bench --bench cluster` with 64 clients (8,227 / 8,464 writes/s with one slot, 6,664–7,229 with 2, 3 or 6,
+/// `cargo bench --bench cluster` with 64 clients (8,227 / 8,464 writes/s with one slot, 6,486–7,229 with 2, 3 or 6,
 /// alternating in one sitting) and the same with one client.
 pub const IN_FLIGHT: usize = 1;
 /// Requests in one entry at most.
