@@ -162,6 +162,7 @@ fn failover(nodes: &mut [Node], trials: usize) -> Failover {
         let survivor = (leader + 1) % nodes.len();
         let label = format!("trial={trial}");
         let target = nodes[survivor].name.clone();
+        let term_before = nodes[leader].info().map_or(0, |i| i.raft_term);
         nodes[leader].kill();
         let t = Instant::now();
         // The first write a surviving manager accepts ends the measurement.
@@ -174,13 +175,14 @@ fn failover(nodes: &mut [Node], trials: usize) -> Failover {
                 "no write accepted 30 s after killing the leader"
             );
         }
-        times.push(t.elapsed());
+        let took = t.elapsed();
+        times.push(took);
         if std::env::var_os("FAILOVER_VERBOSE").is_some() {
+            // More than one term between the old leader's and the new one's: an election round failed (split vote).
+            let term_after = nodes[survivor].info().map_or(0, |i| i.raft_term);
             println!(
-                "  trial {trial}: killed {}, write on {} after {:?}",
-                nodes[leader].name,
-                target,
-                t.elapsed()
+                "  trial {trial}: killed {}, write on {} after {took:?}, term {term_before} -> {term_after}",
+                nodes[leader].name, target,
             );
         }
         nodes[leader].start();
@@ -220,6 +222,11 @@ fn main() {
     let seconds: u64 = common::env_or("WRITE_SECONDS", 5);
     let mut figures = Figures::new("cluster");
     let root = tempfile::tempdir().unwrap();
+    // BENCH_KEEP=1 keeps the managers' data and logs (`m1/log` ...; SWARM_LOG sets what they log) to look into.
+    let keep = std::env::var_os("BENCH_KEEP").is_some();
+    if keep {
+        println!("managers' data and logs: {}", root.path().display());
+    }
     let mut nodes = cluster(root.path());
     println!("cluster: 3 managers on loopback, Raft log and state on redb with fsync, election timeout 150-300 ms");
     figures.about("system", "swarm");
@@ -242,4 +249,8 @@ fn main() {
         failover.record(&mut figures);
     }
     figures.write();
+    if keep {
+        drop(nodes);
+        let _ = root.keep();
+    }
 }

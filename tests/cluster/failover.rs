@@ -67,6 +67,47 @@ fn killing_the_leader_elects_another_and_shows_it_down_within_the_heartbeat_grac
     assert_eq!(leaders, [new], "exactly one Leader, the new one");
 }
 
+/// A new leader does not know how far its followers match, and its first AppendEntries to one carries the entries
+/// from the middle of its log. openraft 0.9 gives that call 50 ms (the heartbeat interval); with large entries there
+/// an uncapped call never made it, and the new leader, with one follower left, could not commit anything.
+#[test]
+fn a_new_leader_replicates_large_entries_to_the_last_follower_and_takes_writes() {
+    let mut c = three_managers();
+    let old = c.leader();
+    // 60 entries of 100 KiB: 6 MiB in that first call, uncapped.
+    let value = "x".repeat(100 * 1024);
+    for i in 0..60 {
+        let request = serde_json::json!({
+            "guards": [],
+            "ops": [{ "Put": { "table": "test", "key": format!("large-{i}"), "value": value } }],
+        });
+        let (code, answer) = c
+            .post_as(&old, &old, "/v1/internal/write", &request.to_string())
+            .expect("the leader answers");
+        assert_eq!(code, 200, "writing entry {i} of 100 KiB: {answer}");
+    }
+    let applied = c.info(&old).raft_last_applied;
+    for name in ["m1", "m2", "m3"] {
+        wait_until(
+            &format!("{name} applied the large entries"),
+            Duration::from_secs(10),
+            || {
+                let info = c.info(name);
+                (info.raft_last_applied >= applied)
+                    .then_some(())
+                    .ok_or(format!("{info:?}"))
+            },
+        );
+    }
+
+    c.kill(&old);
+    let survivors: Vec<&str> = ["m1", "m2", "m3"].into_iter().filter(|n| *n != old).collect();
+    let new = c.wait_leader_among(&survivors);
+    let follower = *survivors.iter().find(|n| **n != new).expect("two survivors");
+    // Refused with "no quorum" after the write timeout when the new leader cannot replicate.
+    c.write(follower, &format!("node update --label-add after=large {follower}"));
+}
+
 #[test]
 fn without_quorum_a_write_fails_fast_and_is_not_applied_when_the_managers_return() {
     let mut c = three_managers();

@@ -120,6 +120,8 @@ pub struct Info {
     pub leader: String,
     pub heartbeat_period_ms: u64,
     pub heartbeat_grace: u32,
+    #[serde(default)]
+    pub raft_last_applied: u64,
 }
 
 impl Info {

@@ -18,7 +18,6 @@ use tokio::sync::OwnedSemaphorePermit;
 use tokio::sync::Semaphore;
 
 use super::typ;
-use super::Op;
 use super::Proposal;
 use super::Request;
 use super::Response;
@@ -82,7 +81,7 @@ async fn run(raft: typ::Raft, mut queue: mpsc::UnboundedReceiver<Pending>) {
             return;
         };
         let mut keys: HashSet<(String, String)> = HashSet::new();
-        let mut bytes = size(&first.request);
+        let mut bytes = first.request.size();
         add_keys(&mut keys, &first.request);
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
@@ -96,7 +95,7 @@ async fn run(raft: typ::Raft, mut queue: mpsc::UnboundedReceiver<Pending>) {
                 held_over = Some(next);
                 break;
             }
-            bytes += size(&next.request);
+            bytes += next.request.size();
             add_keys(&mut keys, &next.request);
             batch.push(next);
         }
@@ -106,18 +105,6 @@ async fn run(raft: typ::Raft, mut queue: mpsc::UnboundedReceiver<Pending>) {
 
 fn add_keys(keys: &mut HashSet<(String, String)>, request: &Request) {
     keys.extend(request.keys().map(|(table, key)| (table.to_string(), key.to_string())));
-}
-
-/// About how many bytes `request` adds to an entry: its keys and values.
-fn size(request: &Request) -> usize {
-    request
-        .ops
-        .iter()
-        .map(|op| match op {
-            Op::Put { table, key, value } => table.len() + key.len() + value.as_str().len(),
-            Op::Delete { table, key } => table.len() + key.len(),
-        })
-        .sum()
 }
 
 async fn commit(raft: typ::Raft, mut batch: Vec<Pending>, _slot: OwnedSemaphorePermit) {

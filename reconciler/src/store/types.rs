@@ -123,6 +123,17 @@ impl Request {
         });
         guards.chain(ops)
     }
+
+    /// About how many bytes the request adds to an entry: its keys and values.
+    pub fn size(&self) -> usize {
+        self.ops
+            .iter()
+            .map(|op| match op {
+                Op::Put { table, key, value } => table.len() + key.len() + value.as_str().len(),
+                Op::Delete { table, key } => table.len() + key.len(),
+            })
+            .sum()
+    }
 }
 
 /// What a normal Raft entry carries: one request, or several that arrived together at the leader (group commit,
@@ -143,6 +154,16 @@ struct ProposalFields {
     guards: Option<Vec<Guard>>,
     ops: Option<Vec<Op>>,
     batch: Option<Vec<Request>>,
+}
+
+impl Proposal {
+    /// About how many bytes the proposal's requests carry (see [`Request::size`]).
+    pub fn size(&self) -> usize {
+        match self {
+            Proposal::One(request) => request.size(),
+            Proposal::Batch { batch } => batch.iter().map(Request::size).sum(),
+        }
+    }
 }
 
 impl TryFrom<ProposalFields> for Proposal {
