@@ -178,7 +178,7 @@ fn failover(nodes: &mut [Node], trials: usize) -> Failover {
         let took = t.elapsed();
         times.push(took);
         if std::env::var_os("FAILOVER_VERBOSE").is_some() {
-            // More than one term between the old leader's and the new one's: an election round failed (split vote).
+            // More than one term between the old leader's and the new one's: an election round failed (a split vote).
             let term_after = nodes[survivor].info().map_or(0, |i| i.raft_term);
             println!(
                 "  trial {trial}: killed {}, write on {} after {took:?}, term {term_before} -> {term_after}",

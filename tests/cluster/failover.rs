@@ -102,9 +102,9 @@ fn a_new_leader_replicates_large_entries_to_the_last_follower_and_takes_writes()
 
     c.kill(&old);
     let survivors: Vec<&str> = ["m1", "m2", "m3"].into_iter().filter(|n| *n != old).collect();
+    // Uncapped, the follower never heard from the new leader: the survivors did not agree on one.
     let new = c.wait_leader_among(&survivors);
     let follower = *survivors.iter().find(|n| **n != new).expect("two survivors");
-    // Refused with "no quorum" after the write timeout when the new leader cannot replicate.
     c.write(follower, &format!("node update --label-add after=large {follower}"));
 }
 
