@@ -201,8 +201,8 @@ fn secrets_encrypted_with_age_in_git_reach_the_task_and_nothing_else() {
     let mut files = Vec::new();
     files_under(&node_dir(&c, "m1"), &mut files);
     assert!(
-        files.iter().any(|f| f.ends_with("raft/raft.redb")),
-        "no Raft file scanned: {files:?}"
+        files.iter().any(|f| f.ends_with("raft/raft.redb")) && files.iter().any(|f| f.ends_with("raft/state.redb")),
+        "no Raft log or state file scanned: {files:?}"
     );
     for path in files.iter().filter(|f| !f.starts_with(&task_files)) {
         let Ok(bytes) = std::fs::read(path) else { continue };

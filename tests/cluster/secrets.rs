@@ -433,8 +433,10 @@ fn a_planted_secret_never_leaves_its_lane() {
         let mut files = Vec::new();
         files_under(&node_dir(&c, node), &mut files);
         assert!(
-            files.iter().any(|f| f.ends_with("raft/raft.redb")) || node == "w1",
-            "{node}: no Raft file scanned: {files:?}"
+            node == "w1"
+                || files.iter().any(|f| f.ends_with("raft/raft.redb"))
+                    && files.iter().any(|f| f.ends_with("raft/state.redb")),
+            "{node}: no Raft log or state file scanned: {files:?}"
         );
         for path in files {
             let Ok(bytes) = std::fs::read(&path) else { continue };

@@ -20,6 +20,13 @@ pub enum StoreError {
     )]
     Open { path: PathBuf, source: redb::DatabaseError },
 
+    #[error("cannot move {from} to {to}: {source} (check the permissions of the manager data directory)")]
+    Move {
+        from: PathBuf,
+        to: PathBuf,
+        source: std::io::Error,
+    },
+
     #[error("Raft store database error: {0}")]
     Db(#[from] redb::Error),
 

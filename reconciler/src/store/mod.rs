@@ -1,12 +1,12 @@
 //! The manager's Raft store: openraft types, the redb-backed log and state machine, snapshots and the watch stream.
 //!
-//! Everything lives in one redb file, `<dir>/raft.redb`; log appends, the vote, the committed id, truncation, purges
-//! and snapshots are fsynced before they return, applying is made durable by the next of those (see
-//! `state_machine`):
-//! - the Raft log ([`LogStore`]): entries keyed by index, plus the vote, the committed and the purged log id;
-//! - the state machine ([`StateMachineStore`]): generic tables of JSON values, each key with its *mod revision*
-//!   (the log index of the entry that last wrote it), the last applied log id and membership, and the current
-//!   snapshot so a restarted manager can serve it.
+//! Two redb files: log appends, the vote, truncation and purges are fsynced before they return, the committed id is
+//! written with the next of those (see `log`), applying is made durable by the next snapshot (see `state_machine`):
+//! - `<dir>/raft.redb`, the Raft log ([`LogStore`]): entries keyed by index, plus the vote, the committed and the
+//!   purged log id;
+//! - `<dir>/state.redb`, the state machine ([`StateMachineStore`]): generic tables of JSON values, each key with its
+//!   *mod revision* (the log index of the entry that last wrote it), the last applied log id and membership, and
+//!   the current snapshot so a restarted manager can serve it.
 //!
 //! A write is a [`Request`]: guards checked against the state before the entry, then ops that all apply or none
 //! do. Readers use [`StateMachineStore::get`] / [`StateMachineStore::list`] (or the typed [`get`] / [`list`]) and
@@ -96,7 +96,6 @@ pub mod typ {
     pub type InstallSnapshotResponse = openraft::raft::InstallSnapshotResponse<NodeId>;
 }
 
-/// The log store and the state machine of one manager, sharing one redb file.
 /// Whether an AppendEntries request's entries follow its `prev_log_id` directly.
 ///
 /// openraft 0.9.25 keeps a deposed leader's replication streams running: they can read the log as the new leader
@@ -110,38 +109,67 @@ pub fn is_contiguous(request: &typ::AppendEntriesRequest) -> bool {
     }
 }
 
+/// The log store and the state machine of one manager.
 pub struct Stores {
     pub log: LogStore,
     pub state_machine: StateMachineStore,
 }
 
-/// redb's page cache. Reads are served from the state machine's in-memory copy, so redb reads only recent log
-/// entries (replication, apply) and the pages a write touches; its default (1 GiB) held most of a manager's memory
-/// at 150,000 tasks.
-pub const REDB_CACHE_BYTES: usize = 16 << 20;
+/// redb's page cache, for each of the two files. Reads are served from the state machine's in-memory copy, so redb
+/// reads only recent log entries (replication, apply) and the pages a write touches; its default (1 GiB) held most
+/// of a manager's memory at 150,000 tasks.
+pub const REDB_CACHE_BYTES: usize = 8 << 20;
 
-/// Opens (creating if needed) `<dir>/raft.redb`: log, vote, committed, purged, state machine and the current
-/// snapshot in one redb file (what is fsynced when: see the module documentation).
+/// Opens (creating if needed) `<dir>/raft.redb` (log, vote, committed, purged) and `<dir>/state.redb` (state
+/// machine and the current snapshot); what is fsynced when: see the module documentation.
 ///
-/// The file is locked while the returned stores (or any clone, or a `Raft` holding them) are alive; a second
+/// A store written by an earlier version, the state machine in `raft.redb`, has it moved to `state.redb` first:
+/// copied to `state.redb.new`, fsynced, renamed, then deleted from `raft.redb`; a crash at any point leaves either
+/// the old layout or the new one.
+///
+/// The files are locked while the returned stores (or any clone, or a `Raft` holding them) are alive; a second
 /// `open` of the same directory fails with [`StoreError::Open`].
 pub fn open(dir: &Path) -> Result<Stores, StoreError> {
     std::fs::create_dir_all(dir).map_err(|source| StoreError::CreateDir {
         path: dir.to_path_buf(),
         source,
     })?;
-    let path = dir.join("raft.redb");
-    let db = redb::Builder::new()
-        .set_cache_size(REDB_CACHE_BYTES)
-        .create(&path)
-        .map_err(|source| StoreError::Open { path, source })?;
-    let db = Arc::new(db);
-    log::create_tables(&db)?;
-    state_machine::create_tables(&db)?;
+    let log_db = open_db(&dir.join("raft.redb"))?;
+    log::create_tables(&log_db)?;
+    let state_path = dir.join("state.redb");
+    if state_machine::is_in(&log_db)? {
+        if !state_path.exists() {
+            let new = dir.join("state.redb.new");
+            let _ = std::fs::remove_file(&new);
+            state_machine::copy(&log_db, &open_db(&new)?)?;
+            // The rename is durable once the directory is synced.
+            std::fs::rename(&new, &state_path)
+                .and_then(|()| std::fs::File::open(dir)?.sync_all())
+                .map_err(|source| StoreError::Move {
+                    from: new,
+                    to: state_path.clone(),
+                    source,
+                })?;
+            tracing::info!(path = %state_path.display(), "moved the state machine to a file of its own");
+        }
+        state_machine::delete_tables(&log_db)?;
+    }
+    let state_db = open_db(&state_path)?;
+    state_machine::create_tables(&state_db)?;
     Ok(Stores {
-        log: LogStore::new(db.clone()),
-        state_machine: StateMachineStore::load(db)?,
+        log: LogStore::new(Arc::new(log_db)),
+        state_machine: StateMachineStore::load(Arc::new(state_db))?,
     })
+}
+
+fn open_db(path: &Path) -> Result<redb::Database, StoreError> {
+    redb::Builder::new()
+        .set_cache_size(REDB_CACHE_BYTES)
+        .create(path)
+        .map_err(|source| StoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 /// The Raft timing and snapshot policy. Call [`openraft::Config::validate`] on the result before starting a node:

@@ -4,13 +4,13 @@
 //! (apply or snapshot install) is computed against the copy, committed to redb in one transaction, then published
 //! to the copy, then broadcast.
 //!
-//! Applying is not fsynced, installing a snapshot and building one are. The state machine shares its redb file
-//! with the Raft log, and redb makes a commit without durability durable with the next durable one (the next log
-//! append or vote); a crash in between rolls the state machine back to an older `last_applied` (never past the
-//! committed id it had saved, which is written before the apply), and the restarted manager applies the same
-//! entries again from its log (log entries are only purged by a durable write after a snapshot, which is itself
-//! durable). So a watcher may see a change again after a crash, never one that the cluster did not commit; and a
-//! write costs one fsync on the leader's path (its log append) instead of three.
+//! Applying is not fsynced, installing a snapshot and building one are. redb makes a commit without durability
+//! durable with the next durable one in the same file (`state.redb`: the next snapshot, or closing the store); a
+//! crash in between rolls the state machine back to an older `last_applied`, never before the last snapshot, and
+//! the restarted manager applies the same entries again from its log up to the committed id it finds (log entries
+//! are only purged after a snapshot, which is durable, and only up to it). So a watcher may see a change again
+//! after a crash, never one that the cluster did not commit; and a write costs one fsync on the leader's path (its
+//! log append) instead of three.
 
 use std::collections::BTreeMap;
 use std::io::Cursor;
@@ -31,6 +31,7 @@ use redb::ReadTransaction;
 use redb::ReadableDatabase;
 use redb::ReadableTable;
 use redb::TableDefinition;
+use redb::TableHandle;
 use tokio::sync::broadcast;
 
 use super::error::from_json;
@@ -67,6 +68,46 @@ pub(crate) fn create_tables(db: &Database) -> Result<(), StoreError> {
     txn.open_table(KV)?;
     txn.open_table(SM_META)?;
     txn.open_table(SNAPSHOT)?;
+    txn.commit()?;
+    Ok(())
+}
+
+/// Whether `db` holds the state machine's tables: a store written before the state machine had a file of its own.
+pub(crate) fn is_in(db: &Database) -> Result<bool, StoreError> {
+    let txn = db.begin_read()?;
+    let found = txn.list_tables()?.any(|table| table.name() == SM_META.name());
+    Ok(found)
+}
+
+/// Copies the state machine's tables from `from` into `to`, in one durable transaction.
+pub(crate) fn copy(from: &Database, to: &Database) -> Result<(), StoreError> {
+    let read = from.begin_read()?;
+    let write = to.begin_write()?;
+    {
+        let mut kv = write.open_table(KV)?;
+        for row in read.open_table(KV)?.iter()? {
+            let (key, value) = row?;
+            kv.insert(key.value(), value.value())?;
+        }
+        for definition in [SM_META, SNAPSHOT] {
+            let mut table = write.open_table(definition)?;
+            for row in read.open_table(definition)?.iter()? {
+                let (key, value) = row?;
+                table.insert(key.value(), value.value())?;
+            }
+        }
+    }
+    write.commit()?;
+    Ok(())
+}
+
+/// Deletes the state machine's tables from `db` (a store written before the state machine had a file of its own,
+/// once they are copied).
+pub(crate) fn delete_tables(db: &Database) -> Result<(), StoreError> {
+    let txn = db.begin_write()?;
+    txn.delete_table(KV)?;
+    txn.delete_table(SM_META)?;
+    txn.delete_table(SNAPSHOT)?;
     txn.commit()?;
     Ok(())
 }

@@ -301,6 +301,104 @@ async fn everything_survives_a_restart() {
 }
 
 #[tokio::test]
+async fn after_a_crash_the_state_machine_is_back_at_its_last_snapshot_and_catches_up_from_the_log() {
+    let dir = TempDir::new().expect("temp dir");
+    let crashed = TempDir::new().expect("temp dir");
+    let entries = [
+        membership(0),
+        write(1, vec![], vec![put("nodes", "n1", json!({"ready": true}))]),
+        write(2, vec![], vec![put("nodes", "n2", json!({"ready": false}))]),
+        write(3, vec![], vec![del("nodes", "n1")]),
+    ];
+    let Stores {
+        mut log,
+        mut state_machine,
+    } = open(dir.path()).expect("open");
+    log.blocking_append(entries[..3].to_vec()).await.expect("append");
+    apply(&mut state_machine, entries[..2].to_vec()).await;
+    state_machine.build_snapshot().await.expect("snapshot");
+    apply(&mut state_machine, entries[2..3].to_vec()).await;
+    log.save_committed(Some(log_id(1, 2))).await.expect("committed");
+    // The next append writes the committed id with it.
+    log.blocking_append(entries[3..].to_vec()).await.expect("append");
+    // What a crash leaves: the files as they are on disk now, the stores still open.
+    for file in ["raft.redb", "state.redb"] {
+        std::fs::copy(dir.path().join(file), crashed.path().join(file)).expect("copy");
+    }
+
+    let Stores {
+        mut log,
+        mut state_machine,
+    } = open(crashed.path()).expect("open what the crash left");
+    let (applied, _) = state_machine.applied_state().await.expect("applied state");
+    assert_eq!(
+        applied,
+        Some(log_id(1, 1)),
+        "the apply after the snapshot was not durable"
+    );
+    assert_eq!(log.read_committed().await.expect("committed"), Some(log_id(1, 2)));
+    assert_eq!(log.get_log_state().await.expect("log").last_log_id, Some(log_id(1, 3)));
+    // What openraft does when it starts: apply the log up to the committed id.
+    openraft::StorageHelper::new(&mut log, &mut state_machine)
+        .get_initial_state()
+        .await
+        .expect("initial state");
+    let (applied, _) = state_machine.applied_state().await.expect("applied state");
+    assert_eq!(applied, Some(log_id(1, 2)));
+    assert_eq!(state_machine.get("nodes", "n2"), Some((json!({"ready": false}), 2)));
+}
+
+#[tokio::test]
+async fn a_store_of_the_single_file_layout_has_its_state_machine_moved_to_its_own_file() {
+    let dir = TempDir::new().expect("temp dir");
+    let entries = vec![
+        membership(0),
+        write(1, vec![], vec![put("nodes", "n1", json!({"ready": true}))]),
+        write(2, vec![], vec![put("nodes", "n2", json!({"ready": false}))]),
+    ];
+    {
+        // As earlier versions wrote it: the log and the state machine in `raft.redb`.
+        let db = Arc::new(redb::Database::create(dir.path().join("raft.redb")).expect("create"));
+        log::create_tables(&db).expect("log tables");
+        state_machine::create_tables(&db).expect("state machine tables");
+        let mut log = LogStore::new(db.clone());
+        let mut state_machine = StateMachineStore::load(db).expect("load");
+        log.blocking_append(entries.clone()).await.expect("append");
+        apply(&mut state_machine, entries[..2].to_vec()).await;
+        state_machine.build_snapshot().await.expect("snapshot");
+        apply(&mut state_machine, entries[2..].to_vec()).await;
+    }
+
+    let Stores {
+        mut log,
+        mut state_machine,
+    } = open(dir.path()).expect("open the old layout");
+    let (applied, _) = state_machine.applied_state().await.expect("applied state");
+    assert_eq!(applied, Some(log_id(1, 2)));
+    assert_eq!(state_machine.get("nodes", "n2"), Some((json!({"ready": false}), 2)));
+    let snapshot = state_machine
+        .get_current_snapshot()
+        .await
+        .expect("read")
+        .expect("a snapshot");
+    assert_eq!(snapshot.meta.last_log_id, Some(log_id(1, 1)));
+    assert_eq!(log.get_log_state().await.expect("log").last_log_id, Some(log_id(1, 2)));
+    drop((log, state_machine));
+
+    assert!(dir.path().join("state.redb").exists());
+    assert!(!dir.path().join("state.redb.new").exists());
+    let db = redb::Database::open(dir.path().join("raft.redb")).expect("reopen raft.redb");
+    assert!(
+        !state_machine::is_in(&db).expect("tables"),
+        "raft.redb still holds the state machine"
+    );
+    drop(db);
+    // Opening again changes nothing.
+    let Stores { state_machine, .. } = open(dir.path()).expect("open the new layout");
+    assert_eq!(state_machine.revision(), 2);
+}
+
+#[tokio::test]
 async fn a_second_open_of_the_same_directory_is_refused() {
     let (dir, _stores) = fresh();
     let err = open(dir.path()).err().expect("the file is locked");
