@@ -27,6 +27,9 @@ pub enum StoreError {
         source: std::io::Error,
     },
 
+    #[error("cannot read or write the Raft log's write-ahead file {path}: {source} (check the disk and the permissions of the manager data directory)")]
+    Wal { path: PathBuf, source: std::io::Error },
+
     #[error("Raft store database error: {0}")]
     Db(#[from] redb::Error),
 

@@ -1,23 +1,35 @@
-//! The Raft log on redb: entries keyed by index, plus the vote and the committed and purged log ids.
+//! The Raft log: entries keyed by index, plus the vote and the committed and purged log ids.
 //!
-//! Every write is one redb transaction committed with immediate durability (fsync) before the call returns, so
-//! openraft's `append` callback fires only for entries that are on disk — except the committed log id, which is a
-//! hint, as etcd's commit index is: it is kept in memory and written in the next durable write's transaction. A
-//! restarted manager applies its log up to the committed id it finds, and the rest once a leader tells it (a new
-//! leader commits every entry of its log); `--force-new-cluster` applies the survivor's whole log
-//! ([`crate::manager::Manager::apply_whole_log`]).
+//! The entries are read from redb (`raft.redb`) and made durable by a write-ahead file (`raft.wal`, see `wal`): an
+//! append is committed to redb without durability, so replication and apply can read it at once, and recorded in
+//! the write-ahead file, synced, before openraft's `append` callback fires. A durable redb commit (the vote, a
+//! purge, or the write-ahead file reaching [`wal::RESET_BYTES`]) makes everything before it durable in redb, and the
+//! write-ahead file starts over. Opening the store replays the file into redb: appends in order (entries at or
+//! below the purged id skipped, as a purge may have been made durable just before a crash) and truncations, so the
+//! log is what it was when the last record was synced.
 //!
-//! The log has its redb file to itself (`raft.redb`; the state machine is in `state.redb`): a durable commit writes
-//! the pages that changed since the last one, and the state machine's pages, changed by every apply, made a log
-//! append's fsync about twice as long when they shared the file.
+//! Why not redb alone: a durable redb commit writes every page the transaction changed, 8 pages of 4 KiB for one
+//! entry, where a record here is one write at the end of a file; the append's fsync is on every write's path, on
+//! the leader and on a follower, one after the other (see BENCHMARKS.md).
+//!
+//! The committed log id is a hint, as etcd's commit index is: it is kept in memory and written with the next append
+//! record or durable commit. A restarted manager applies its log up to the committed id it finds, and the rest once
+//! a leader tells it (a new leader commits every entry of its log); `--force-new-cluster` applies the survivor's
+//! whole log ([`crate::manager::Manager::apply_whole_log`]).
+//!
+//! The log has its redb file to itself (the state machine is in `state.redb`): a durable commit writes the pages
+//! that changed since the last one, and the state machine's pages, changed by every apply, made a log append's
+//! fsync about 1.5 times as long when they shared the file.
 //! Writes run inline: the Raft core awaits them anyway, and staying off the blocking pool keeps simulation tests
 //! with paused time deterministic.
 
 use std::fmt::Debug;
 use std::ops::Bound;
 use std::ops::RangeBounds;
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::MutexGuard;
 use std::sync::PoisonError;
 
 use openraft::storage::LogFlushed;
@@ -26,6 +38,7 @@ use openraft::ErrorSubject;
 use openraft::ErrorVerb;
 use openraft::RaftLogReader;
 use redb::Database;
+use redb::Durability;
 use redb::ReadableDatabase;
 use redb::ReadableTable;
 use redb::TableDefinition;
@@ -34,6 +47,9 @@ use redb::WriteTransaction;
 use super::error::from_json;
 use super::error::to_json;
 use super::typ;
+use super::wal;
+use super::wal::Record;
+use super::wal::Wal;
 use super::StoreError;
 use super::TypeConfig;
 
@@ -54,12 +70,17 @@ pub(crate) fn create_tables(db: &Database) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// The Raft log of one manager. Cheap to clone; clones share the database (the clone is also the log reader).
+/// The Raft log of one manager. Cheap to clone; clones share the database and the write-ahead file (the clone is
+/// also the log reader).
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<Database>,
-    /// The committed log id last saved, while it is not yet written: the next durable write takes it along.
+    /// The committed log id last saved, while it is not yet written: the next append record or durable commit takes
+    /// it along. Locked before `wal` when both are.
     unwritten_committed: Arc<Mutex<Option<Option<typ::LogId>>>>,
+    wal: Arc<Mutex<Wal>>,
+    /// The write-ahead file starts over once it is this large.
+    reset_at: u64,
 }
 
 /// Only the log id of a stored entry, to read the last log id without decoding the payload.
@@ -69,23 +90,82 @@ struct LogIdOnly {
 }
 
 impl LogStore {
-    pub(crate) fn new(db: Arc<Database>) -> Self {
-        LogStore {
+    /// The log in `db` (its tables created if needed) and the write-ahead file at `wal_path`, whose records are
+    /// replayed into redb first.
+    pub(crate) fn open(db: Arc<Database>, wal_path: &Path) -> Result<Self, StoreError> {
+        create_tables(&db)?;
+        let (wal, records) = Wal::open(wal_path).map_err(|source| StoreError::Wal {
+            path: wal_path.to_path_buf(),
+            source,
+        })?;
+        let store = LogStore {
             db,
             unwritten_committed: Arc::new(Mutex::new(None)),
+            wal: Arc::new(Mutex::new(wal)),
+            reset_at: wal::RESET_BYTES,
+        };
+        if !records.is_empty() {
+            store.replay(records)?;
         }
+        Ok(store)
     }
 
-    /// Commits `txn` durably, with the committed log id if a newer one is waiting to be written.
+    /// Starts the write-ahead file over once it is `bytes` large (tests use a small size).
+    #[cfg(test)]
+    pub(crate) fn reset_at(mut self, bytes: u64) -> Self {
+        self.reset_at = bytes;
+        self
+    }
+
+    /// Writes what the write-ahead file recorded into redb, durably, and empties the file.
+    fn replay(&self, records: Vec<Record>) -> Result<(), StoreError> {
+        let purged: Option<typ::LogId> = self.read_meta(PURGED)?;
+        let txn = self.db.begin_write()?;
+        {
+            let mut log = txn.open_table(LOG)?;
+            let mut meta = txn.open_table(LOG_META)?;
+            for record in &records {
+                match record {
+                    Record::Append { committed, entries } => {
+                        for (index, json) in entries {
+                            if purged.is_none_or(|p| *index > p.index) {
+                                log.insert(*index, json.as_slice())?;
+                            }
+                        }
+                        if let Some(committed) = committed {
+                            meta.insert(COMMITTED, committed.as_slice())?;
+                        }
+                    }
+                    Record::Truncate { from } => {
+                        log.retain_in(*from.., |_, _| false)?;
+                    }
+                }
+            }
+        }
+        tracing::info!(records = records.len(), "replayed the Raft log's write-ahead file");
+        self.commit(txn)
+    }
+
+    fn lock_committed(&self) -> MutexGuard<'_, Option<Option<typ::LogId>>> {
+        self.unwritten_committed.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn lock_wal(&self) -> MutexGuard<'_, Wal> {
+        self.wal.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Commits `txn` durably, with the committed log id if a newer one is waiting to be written; everything the
+    /// write-ahead file held is then durable in redb, and it starts over.
     fn commit(&self, txn: WriteTransaction) -> Result<(), StoreError> {
-        let mut unwritten = self.unwritten_committed.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut unwritten = self.lock_committed();
+        let mut wal = self.lock_wal();
         if let Some(committed) = &*unwritten {
             let bytes = to_json(COMMITTED, committed)?;
             txn.open_table(LOG_META)?.insert(COMMITTED, bytes.as_slice())?;
         }
         txn.commit()?;
         *unwritten = None;
-        Ok(())
+        wal.reset().map_err(|e| wal_error(&wal, e))
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(&self, name: &str) -> Result<Option<T>, StoreError> {
@@ -132,23 +212,56 @@ impl LogStore {
         })
     }
 
+    /// Writes `entries` to redb without durability and to the write-ahead file with it.
     fn append_entries(&self, entries: impl IntoIterator<Item = typ::Entry>) -> Result<(), StoreError> {
-        let txn = self.db.begin_write()?;
+        let mut written = Vec::new();
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::None)?;
         {
             let mut table = txn.open_table(LOG)?;
             for entry in entries {
                 let bytes = to_json("log entry", &entry)?;
                 table.insert(entry.log_id.index, bytes.as_slice())?;
+                written.push((entry.log_id.index, bytes));
             }
         }
-        self.commit(txn)
+        txn.commit()?;
+
+        let full = {
+            let mut unwritten = self.lock_committed();
+            let committed = match &*unwritten {
+                Some(committed) => Some(to_json(COMMITTED, committed)?),
+                None => None,
+            };
+            let mut wal = self.lock_wal();
+            let record = Record::Append {
+                committed,
+                entries: written,
+            };
+            wal.write(&record).map_err(|e| wal_error(&wal, e))?;
+            *unwritten = None;
+            wal.len() >= self.reset_at
+        };
+        if full {
+            // Makes everything durable in redb, and the write-ahead file starts over.
+            self.commit(self.db.begin_write()?)?;
+        }
+        Ok(())
     }
 
-    /// Removes entries from `index` on.
+    /// Removes entries from `index` on: recorded in the write-ahead file first, so that replaying it cannot bring
+    /// back an entry written before and removed here.
     fn truncate_from(&self, index: u64) -> Result<(), StoreError> {
-        let txn = self.db.begin_write()?;
+        {
+            let mut wal = self.lock_wal();
+            wal.write(&Record::Truncate { from: index })
+                .map_err(|e| wal_error(&wal, e))?;
+        }
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::None)?;
         txn.open_table(LOG)?.retain_in(index.., |_, _| false)?;
-        self.commit(txn)
+        txn.commit()?;
+        Ok(())
     }
 
     /// Records `upto` as purged and removes entries up to it, in one transaction so a crash leaves no hole.
@@ -158,6 +271,13 @@ impl LogStore {
         txn.open_table(LOG_META)?.insert(PURGED, bytes.as_slice())?;
         txn.open_table(LOG)?.retain_in(..=upto.index, |_, _| false)?;
         self.commit(txn)
+    }
+}
+
+fn wal_error(wal: &Wal, source: std::io::Error) -> StoreError {
+    StoreError::Wal {
+        path: wal.path().to_path_buf(),
+        source,
     }
 }
 
@@ -202,12 +322,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     /// manager and put its pages in the next append's fsync (one-client writes in `cargo bench --bench cluster`:
     /// 550 and 560 a second, without and with this change: within the noise).
     async fn save_committed(&mut self, committed: Option<typ::LogId>) -> Result<(), typ::StorageError> {
-        *self.unwritten_committed.lock().unwrap_or_else(PoisonError::into_inner) = Some(committed);
+        *self.lock_committed() = Some(committed);
         Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<typ::LogId>, typ::StorageError> {
-        if let Some(committed) = *self.unwritten_committed.lock().unwrap_or_else(PoisonError::into_inner) {
+        if let Some(committed) = *self.lock_committed() {
             return Ok(committed);
         }
         let committed: Option<Option<typ::LogId>> = self

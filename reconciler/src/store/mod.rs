@@ -1,9 +1,10 @@
 //! The manager's Raft store: openraft types, the redb-backed log and state machine, snapshots and the watch stream.
 //!
-//! Two redb files: log appends, the vote, truncation and purges are fsynced before they return, the committed id is
-//! written with the next of those (see `log`), applying is made durable by the next snapshot (see `state_machine`):
-//! - `<dir>/raft.redb`, the Raft log ([`LogStore`]): entries keyed by index, plus the vote, the committed and the
-//!   purged log id;
+//! Two redb files and a write-ahead file: log appends, the vote, truncation and purges are fsynced before they
+//! return, the committed id is written with the next of those (see `log`), applying is made durable by the next
+//! snapshot (see `state_machine`):
+//! - `<dir>/raft.redb` and `<dir>/raft.wal`, the Raft log ([`LogStore`]): entries keyed by index, plus the vote, the
+//!   committed and the purged log id; the write-ahead file holds the appends since redb's last durable commit;
 //! - `<dir>/state.redb`, the state machine ([`StateMachineStore`]): generic tables of JSON values, each key with its
 //!   *mod revision* (the log index of the entry that last wrote it), the last applied log id and membership, and
 //!   the current snapshot so a restarted manager can serve it.
@@ -21,6 +22,7 @@ pub mod testing;
 #[cfg(test)]
 mod tests;
 mod types;
+mod wal;
 
 use std::io::Cursor;
 use std::path::Path;
@@ -120,8 +122,9 @@ pub struct Stores {
 /// of a manager's memory at 150,000 tasks.
 pub const REDB_CACHE_BYTES: usize = 8 << 20;
 
-/// Opens (creating if needed) `<dir>/raft.redb` (log, vote, committed, purged) and `<dir>/state.redb` (state
-/// machine and the current snapshot); what is fsynced when: see the module documentation.
+/// Opens (creating if needed) `<dir>/raft.redb` and `<dir>/raft.wal` (log, vote, committed, purged; the write-ahead
+/// file replayed into redb) and `<dir>/state.redb` (state machine and the current snapshot); what is fsynced when:
+/// see the module documentation.
 ///
 /// A store written by an earlier version, the state machine in `raft.redb`, has it moved to `state.redb` first:
 /// copied to `state.redb.new`, fsynced, renamed, then deleted from `raft.redb`; a crash at any point leaves either
@@ -135,7 +138,6 @@ pub fn open(dir: &Path) -> Result<Stores, StoreError> {
         source,
     })?;
     let log_db = open_db(&dir.join("raft.redb"))?;
-    log::create_tables(&log_db)?;
     let state_path = dir.join("state.redb");
     if state_machine::is_in(&log_db)? {
         if !state_path.exists() {
@@ -157,7 +159,7 @@ pub fn open(dir: &Path) -> Result<Stores, StoreError> {
     let state_db = open_db(&state_path)?;
     state_machine::create_tables(&state_db)?;
     Ok(Stores {
-        log: LogStore::new(Arc::new(log_db)),
+        log: LogStore::open(Arc::new(log_db), &dir.join("raft.wal"))?,
         state_machine: StateMachineStore::load(Arc::new(state_db))?,
     })
 }

@@ -321,10 +321,7 @@ async fn after_a_crash_the_state_machine_is_back_at_its_last_snapshot_and_catche
     log.save_committed(Some(log_id(1, 2))).await.expect("committed");
     // The next append writes the committed id with it.
     log.blocking_append(entries[3..].to_vec()).await.expect("append");
-    // What a crash leaves: the files as they are on disk now, the stores still open.
-    for file in ["raft.redb", "state.redb"] {
-        std::fs::copy(dir.path().join(file), crashed.path().join(file)).expect("copy");
-    }
+    copy_files(dir.path(), crashed.path(), &["raft.redb", "raft.wal", "state.redb"]);
 
     let Stores {
         mut log,
@@ -348,6 +345,98 @@ async fn after_a_crash_the_state_machine_is_back_at_its_last_snapshot_and_catche
     assert_eq!(state_machine.get("nodes", "n2"), Some((json!({"ready": false}), 2)));
 }
 
+/// What a crash leaves: the files as they are on disk now, the stores still open.
+fn copy_files(from: &std::path::Path, to: &std::path::Path, files: &[&str]) {
+    for file in files {
+        std::fs::copy(from.join(file), to.join(file)).expect("copy");
+    }
+}
+
+fn entry_at(term: u64, index: u64, key: &str) -> typ::Entry {
+    typ::Entry {
+        log_id: log_id(term, index),
+        payload: EntryPayload::Normal(
+            Request {
+                guards: vec![],
+                ops: vec![put("kv", key, json!(term))],
+            }
+            .into(),
+        ),
+    }
+}
+
+async fn log_ids(log: &mut LogStore) -> Vec<(u64, u64)> {
+    let entries = log.try_get_log_entries(0..).await.expect("entries");
+    entries
+        .iter()
+        .map(|e| (e.log_id.leader_id.term, e.log_id.index))
+        .collect()
+}
+
+#[tokio::test]
+async fn appends_and_truncations_survive_a_crash_through_the_write_ahead_file() {
+    let dir = TempDir::new().expect("temp dir");
+    let crashed = TempDir::new().expect("temp dir");
+    let Stores { mut log, .. } = open(dir.path()).expect("open");
+    log.blocking_append((1..=3).map(|i| entry_at(1, i, "a")).collect::<Vec<_>>())
+        .await
+        .expect("append");
+    // A new leader's entries replace 2 and 3.
+    log.truncate(log_id(1, 2)).await.expect("truncate");
+    log.blocking_append(vec![entry_at(2, 2, "b")]).await.expect("append");
+    assert_eq!(log_ids(&mut log).await, vec![(1, 1), (2, 2)]);
+    copy_files(dir.path(), crashed.path(), &["raft.redb", "raft.wal", "state.redb"]);
+    // Without the write-ahead file, redb alone has none of it: its commits were not durable.
+    let without = TempDir::new().expect("temp dir");
+    copy_files(dir.path(), without.path(), &["raft.redb", "state.redb"]);
+    assert_eq!(log_ids(&mut open(without.path()).expect("open").log).await, vec![]);
+
+    let Stores { mut log, .. } = open(crashed.path()).expect("open what the crash left");
+    assert_eq!(log_ids(&mut log).await, vec![(1, 1), (2, 2)]);
+    assert_eq!(
+        std::fs::metadata(crashed.path().join("raft.wal")).expect("wal").len(),
+        0,
+        "replayed into redb durably, the write-ahead file starts over"
+    );
+}
+
+#[tokio::test]
+async fn a_crash_between_a_purge_and_the_write_ahead_file_starting_over_leaves_no_purged_entry() {
+    let dir = TempDir::new().expect("temp dir");
+    let crashed = TempDir::new().expect("temp dir");
+    let Stores { mut log, .. } = open(dir.path()).expect("open");
+    log.blocking_append((1..=4).map(|i| entry_at(1, i, "a")).collect::<Vec<_>>())
+        .await
+        .expect("append");
+    copy_files(dir.path(), crashed.path(), &["raft.wal"]);
+    log.purge(log_id(1, 2)).await.expect("purge");
+    copy_files(dir.path(), crashed.path(), &["raft.redb", "state.redb"]);
+
+    let Stores { mut log, .. } = open(crashed.path()).expect("open what the crash left");
+    assert_eq!(log_ids(&mut log).await, vec![(1, 3), (1, 4)]);
+    let state = log.get_log_state().await.expect("state");
+    assert_eq!(state.last_purged_log_id, Some(log_id(1, 2)));
+}
+
+#[tokio::test]
+async fn the_write_ahead_file_starts_over_once_it_is_large_and_nothing_is_lost() {
+    let dir = TempDir::new().expect("temp dir");
+    let crashed = TempDir::new().expect("temp dir");
+    let Stores { log, .. } = open(dir.path()).expect("open");
+    let mut log = log.reset_at(1024);
+    let wal = dir.path().join("raft.wal");
+    let mut sizes = Vec::new();
+    for i in 1..=20 {
+        log.blocking_append(vec![entry_at(1, i, "a")]).await.expect("append");
+        sizes.push(std::fs::metadata(&wal).expect("wal").len());
+    }
+    assert!(sizes.contains(&0), "the file never started over: {sizes:?}");
+    assert!(sizes.iter().all(|&size| size < 1024), "{sizes:?}");
+    copy_files(dir.path(), crashed.path(), &["raft.redb", "raft.wal", "state.redb"]);
+    let Stores { mut log, .. } = open(crashed.path()).expect("open what the crash left");
+    assert_eq!(log_ids(&mut log).await, (1..=20).map(|i| (1, i)).collect::<Vec<_>>());
+}
+
 #[tokio::test]
 async fn a_store_of_the_single_file_layout_has_its_state_machine_moved_to_its_own_file() {
     let dir = TempDir::new().expect("temp dir");
@@ -361,7 +450,7 @@ async fn a_store_of_the_single_file_layout_has_its_state_machine_moved_to_its_ow
         let db = Arc::new(redb::Database::create(dir.path().join("raft.redb")).expect("create"));
         log::create_tables(&db).expect("log tables");
         state_machine::create_tables(&db).expect("state machine tables");
-        let mut log = LogStore::new(db.clone());
+        let mut log = LogStore::open(db.clone(), &dir.path().join("raft.wal")).expect("log");
         let mut state_machine = StateMachineStore::load(db).expect("load");
         log.blocking_append(entries.clone()).await.expect("append");
         apply(&mut state_machine, entries[..2].to_vec()).await;
