@@ -314,8 +314,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             .map_err(|e| e.into_raft(ErrorSubject::Vote, ErrorVerb::Read))
     }
 
-    /// Kept in memory and written with the next durable write (the Raft core waits for this before it applies, on
-    /// every commit). A crash loses at most the last advances, which the entries themselves, durable on a majority,
+    /// Kept in memory and written with the next append record or durable commit (the Raft core waits for this
+    /// before it applies, on every commit). A crash loses at most the last advances, which the entries themselves, durable on a majority,
     /// make good again: a leader tells the restarted manager the committed index, and `--force-new-cluster` applies
     /// the survivor's whole log. A fsync here cost about 0.4 ms of every write on the leader and of every replication
     /// round on the followers. A redb commit without durability, as before, cost a transaction per write on every
