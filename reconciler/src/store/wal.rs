@@ -11,8 +11,9 @@
 //! - `2` (truncate), `[first removed index: u64 LE]`.
 //!
 //! A crash can leave the last record torn: reading stops at the first record that is short or fails its checksum,
-//! and the file is cut there. Such a record was never acknowledged, since an append returns only after its record
-//! is synced.
+//! and if that record reaches the end of the file (or only zeros follow), the file is cut there. Such a record was
+//! never acknowledged, since an append returns only after its record is synced. A damaged record with more records
+//! after it is not what a crash leaves: opening fails, rather than drop the acknowledged records behind it.
 
 use std::fs::File;
 use std::fs::OpenOptions;
@@ -155,7 +156,19 @@ pub fn parse(data: &[u8]) -> (Vec<Record>, usize) {
     (records, at)
 }
 
-/// CRC-32C (Castagnoli), bitwise from a table.
+/// Whether the bytes from a record that does not read on can be what a crash while appending it leaves: too short
+/// for a header, a record that reaches the end of the file, or zeros.
+fn is_torn_tail(rest: &[u8]) -> bool {
+    let mut r = Reader(rest);
+    match r.u32() {
+        Some(len) if r.u32().is_some() => {
+            usize::try_from(len).is_ok_and(|len| len >= r.0.len()) || rest.iter().all(|&b| b == 0)
+        }
+        _ => true,
+    }
+}
+
+/// CRC-32C (Castagnoli), byte by byte from a table.
 fn crc32c(data: &[u8]) -> u32 {
     const TABLE: [u32; 256] = {
         let mut table = [0u32; 256];
@@ -203,6 +216,16 @@ impl Wal {
         let mut data = Vec::new();
         file.read_to_end(&mut data)?;
         let (records, valid) = parse(&data);
+        if !is_torn_tail(&data[valid..]) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "a damaged record at byte {valid} of {} with more records after it, which a crash does not \
+                     leave (restore the data directory from a backup, or rejoin this manager with an empty one)",
+                    data.len()
+                ),
+            ));
+        }
         if valid < data.len() {
             tracing::warn!(
                 path = %path.display(),
@@ -254,6 +277,35 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    #[test]
+    fn a_torn_last_record_is_cut_off_and_a_damaged_one_before_others_refused() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let path = dir.path().join("raft.wal");
+        let records: Vec<Record> = (1..=3).map(|from| Record::Truncate { from }).collect();
+        let encoded: Vec<Vec<u8>> = records.iter().map(|r| r.encode().unwrap()).collect();
+        let whole = encoded.concat();
+        let last = whole.len() - encoded[2].len();
+
+        // Torn inside the last record, or zeros after the records: cut off, the rest read.
+        for tail in [&whole[..whole.len() - 3], &[whole.as_slice(), &[0; 4096]].concat()[..]] {
+            std::fs::write(&path, tail).unwrap();
+            let (wal, read) = Wal::open(&path).unwrap();
+            assert_eq!(read, records[..read.len()].to_vec());
+            assert_eq!(std::fs::metadata(&path).unwrap().len(), wal.len());
+        }
+        let (_, read) = Wal::open(&path).unwrap();
+        assert_eq!(read, records);
+
+        // A flipped byte in the second of three records: refused, and the file left as it is.
+        let mut damaged = whole.clone();
+        damaged[last - 1] ^= 0xFF;
+        std::fs::write(&path, &damaged).unwrap();
+        let err = Wal::open(&path).err().expect("refused");
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains("damaged record at byte"), "{err}");
+        assert_eq!(std::fs::read(&path).unwrap(), damaged);
+    }
 
     #[test]
     fn crc32c_matches_the_check_value() {
@@ -312,6 +364,7 @@ mod tests {
         #[test]
         fn any_bytes_parse_without_panicking(data in proptest::collection::vec(any::<u8>(), 0..200)) {
             let (records, valid) = parse(&data);
+            let _ = is_torn_tail(&data[valid..]);
             prop_assert!(valid <= data.len());
             prop_assert!(records.len() <= data.len() / 9);
         }
