@@ -321,7 +321,7 @@ async fn after_a_crash_the_state_machine_is_back_at_its_last_snapshot_and_catche
     log.save_committed(Some(log_id(1, 2))).await.expect("committed");
     // The next append writes the committed id with it.
     log.blocking_append(entries[3..].to_vec()).await.expect("append");
-    copy_files(dir.path(), crashed.path(), &["raft.redb", "raft.wal", "state.redb"]);
+    copy_files(dir.path(), crashed.path(), &STORE_FILES);
 
     let Stores {
         mut log,
@@ -345,6 +345,9 @@ async fn after_a_crash_the_state_machine_is_back_at_its_last_snapshot_and_catche
     assert_eq!(state_machine.get("nodes", "n2"), Some((json!({"ready": false}), 2)));
 }
 
+/// Every file of a store.
+const STORE_FILES: [&str; 3] = ["raft.redb", "raft.wal", "state.redb"];
+
 /// What a crash leaves: the files as they are on disk now, the stores still open.
 fn copy_files(from: &std::path::Path, to: &std::path::Path, files: &[&str]) {
     for file in files {
@@ -352,16 +355,11 @@ fn copy_files(from: &std::path::Path, to: &std::path::Path, files: &[&str]) {
     }
 }
 
+/// A write of `key` in an entry of `term` at `index`.
 fn entry_at(term: u64, index: u64, key: &str) -> typ::Entry {
     typ::Entry {
         log_id: log_id(term, index),
-        payload: EntryPayload::Normal(
-            Request {
-                guards: vec![],
-                ops: vec![put("kv", key, json!(term))],
-            }
-            .into(),
-        ),
+        ..write(index, vec![], vec![put("kv", key, json!(term))])
     }
 }
 
@@ -385,7 +383,7 @@ async fn appends_and_truncations_survive_a_crash_through_the_write_ahead_file() 
     log.truncate(log_id(1, 2)).await.expect("truncate");
     log.blocking_append(vec![entry_at(2, 2, "b")]).await.expect("append");
     assert_eq!(log_ids(&mut log).await, vec![(1, 1), (2, 2)]);
-    copy_files(dir.path(), crashed.path(), &["raft.redb", "raft.wal", "state.redb"]);
+    copy_files(dir.path(), crashed.path(), &STORE_FILES);
     // Without the write-ahead file, redb alone has none of it: its commits were not durable.
     let without = TempDir::new().expect("temp dir");
     copy_files(dir.path(), without.path(), &["raft.redb", "state.redb"]);
@@ -432,7 +430,7 @@ async fn the_write_ahead_file_starts_over_once_it_is_large_and_nothing_is_lost()
     }
     assert!(sizes.contains(&0), "the file never started over: {sizes:?}");
     assert!(sizes.iter().all(|&size| size < 1024), "{sizes:?}");
-    copy_files(dir.path(), crashed.path(), &["raft.redb", "raft.wal", "state.redb"]);
+    copy_files(dir.path(), crashed.path(), &STORE_FILES);
     let Stores { mut log, .. } = open(crashed.path()).expect("open what the crash left");
     assert_eq!(log_ids(&mut log).await, (1..=20).map(|i| (1, i)).collect::<Vec<_>>());
 }
