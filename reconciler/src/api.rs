@@ -21,6 +21,7 @@ use crate::ca::Role;
 use crate::daemon::Daemon;
 use crate::daemon::DaemonError;
 use crate::manager::ManagerError;
+use crate::raftnet;
 use crate::store::typ;
 use crate::store::Request;
 use crate::tls::LocalClient;
@@ -207,6 +208,66 @@ async fn raft_append(
         ));
     }
     Ok(Json(m.raft.append_entries(req).await))
+}
+
+/// Serves the Raft connections of [`crate::raftnet`]: reads a request frame, answers it, and so on until the peer
+/// closes the connection or the server stops. Only a manager's certificate is served; the checks are those of the
+/// `/raft/append` and `/raft/vote` routes, and a request they turn down gets a refusal frame saying why.
+pub fn raft_streams(daemon: Arc<Daemon>) -> crate::tls::StreamHandler {
+    Arc::new(move |stream, peer, stop| Box::pin(serve_raft_stream(daemon.clone(), stream, peer, stop)))
+}
+
+async fn serve_raft_stream(
+    d: Arc<Daemon>,
+    mut stream: tokio_rustls::server::TlsStream<tokio::net::TcpStream>,
+    peer: Option<PeerIdentity>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let allowed = manager_peer(&peer).map(|_| ()).map_err(|e| e.to_string());
+    loop {
+        let frame = tokio::select! {
+            frame = raftnet::read_frame(&mut stream) => frame,
+            _ = stop.wait_for(|stop| *stop) => return,
+        };
+        let (tag, body) = match frame {
+            Ok(Some(frame)) => frame,
+            Ok(None) => return,
+            Err(e) => return tracing::debug!(error = %e, "a Raft connection failed"),
+        };
+        let answer = match &allowed {
+            Ok(()) => answer_raft(&d, tag, &body).await,
+            Err(refused) => Err(refused.clone()),
+        };
+        let (tag, answer) = match answer {
+            Ok(answer) => (raftnet::ANSWER, answer),
+            Err(refused) => (raftnet::REFUSED, refused.into_bytes()),
+        };
+        if let Err(e) = raftnet::write_frame(&mut stream, tag, &answer).await {
+            return tracing::debug!(error = %e, "a Raft connection failed");
+        }
+    }
+}
+
+/// The JSON answer to one request frame, or why it was not handed to Raft.
+async fn answer_raft(d: &Daemon, tag: u8, body: &[u8]) -> Result<Vec<u8>, String> {
+    let m = d.require_manager().map_err(|e| e.to_string())?;
+    let malformed = |e: serde_json::Error| format!("the request is not valid JSON of its RPC: {e}");
+    let answer = match raftnet::Rpc::from_tag(tag) {
+        Some(raftnet::Rpc::Append) => {
+            let req: openraft::raft::AppendEntriesRequest<crate::store::TypeConfig> =
+                serde_json::from_slice(body).map_err(malformed)?;
+            if !crate::store::is_contiguous(&req) {
+                return Err("AppendEntries entries do not follow prev_log_id: refused".into());
+            }
+            serde_json::to_vec(&m.raft.append_entries(req).await)
+        }
+        Some(raftnet::Rpc::Vote) => {
+            let req: openraft::raft::VoteRequest<u64> = serde_json::from_slice(body).map_err(malformed)?;
+            serde_json::to_vec(&m.raft.vote(req).await)
+        }
+        None => return Err(format!("unknown Raft RPC {tag}")),
+    };
+    answer.map_err(|e| format!("cannot encode the answer: {e}"))
 }
 
 async fn raft_vote(

@@ -314,8 +314,9 @@ impl Daemon {
     fn use_certs(&self, certs: &Certs) -> Result<(), DaemonError> {
         let config = tls::client_config(&certs.ca_pem, &certs.cert_pem, &certs.key_pem)
             .map_err(|e| DaemonError::io("cannot use the node certificate", e))?;
+        let raft = tls::raft_client_config(&config);
         let client = tls::http_client(config, Duration::from_secs(10)).map_err(|e| DaemonError::io("tls client", e))?;
-        self.client.replace(client);
+        self.client.replace(client, Some(raft));
         Ok(())
     }
 
@@ -366,12 +367,13 @@ impl Daemon {
                     .await
                     .map_err(|e| DaemonError::io(&format!("cannot listen on {}", state.listen_addr), e))?;
                 let router = crate::api::cluster_router(self.clone());
+                let raft = crate::api::raft_streams(self.clone());
                 let mut rx = stop_rx.clone();
                 tasks.push(tokio::spawn(async move {
                     let shutdown = async move {
                         let _ = rx.wait_for(|s| *s).await;
                     };
-                    if let Err(e) = tls::serve(listener, config, router, shutdown).await {
+                    if let Err(e) = tls::serve(listener, config, router, Some(raft), shutdown).await {
                         tracing::error!("manager API stopped: {e}");
                     }
                 }));

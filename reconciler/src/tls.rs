@@ -18,6 +18,7 @@ use std::sync::RwLock;
 use std::time::Duration;
 
 use axum::Router;
+use futures_util::future::BoxFuture;
 use hyper::body::Incoming;
 use hyper::service::Service as _;
 use hyper::Request;
@@ -50,6 +51,7 @@ use rustls::SignatureScheme;
 use tokio::io::AsyncRead;
 use tokio::io::AsyncWrite;
 use tokio::net::TcpListener;
+use tokio::net::TcpStream;
 use tokio::net::UnixListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -62,6 +64,9 @@ use crate::ca::Role;
 
 /// ALPN protocols offered by clients and servers, preferred first.
 const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+/// The ALPN protocol of a connection that carries Raft RPCs between managers as frames instead of HTTP
+/// (`raftnet`). Servers accept it besides [`ALPN`]; only the Raft client offers it.
+pub const RAFT_ALPN: &[u8] = b"swarm-raft/1";
 /// A client that has not finished its TLS handshake by then is dropped, so idle sockets cannot pile up.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// After shutdown, connections get this long to finish the requests they are serving before they are cut.
@@ -231,6 +236,7 @@ pub fn server_config_reloadable(ca_pem: &str, cert: Arc<ReloadableCert>) -> Resu
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(cert);
     config.alpn_protocols = alpn();
+    config.alpn_protocols.push(RAFT_ALPN.to_vec());
     Ok(Arc::new(config))
 }
 
@@ -247,6 +253,13 @@ pub fn client_config(ca_pem: &str, cert_pem: &str, key_pem: &str) -> Result<Arc<
         .map_err(key_error)?;
     config.alpn_protocols = alpn();
     Ok(Arc::new(config))
+}
+
+/// `config` offering only [`RAFT_ALPN`]: for the connections that carry Raft RPCs.
+pub fn raft_client_config(config: &ClientConfig) -> Arc<ClientConfig> {
+    let mut config = config.clone();
+    config.alpn_protocols = vec![RAFT_ALPN.to_vec()];
+    Arc::new(config)
 }
 
 /// Client configuration for joining: the same server checks as [`client_config`], no client certificate.
@@ -411,14 +424,28 @@ fn peer_identity(connection: &ServerConnection) -> Result<Option<PeerIdentity>, 
     }))
 }
 
+/// Serves a connection that negotiated [`RAFT_ALPN`]: the stream, the identity in its client certificate, and a
+/// receiver that turns true when the server shuts down.
+pub type StreamHandler = Arc<
+    dyn Fn(
+            tokio_rustls::server::TlsStream<TcpStream>,
+            Option<PeerIdentity>,
+            watch::Receiver<bool>,
+        ) -> BoxFuture<'static, ()>
+        + Send
+        + Sync,
+>;
+
 /// Serves `router` over TLS on `listener` until `shutdown` resolves, then gives open connections
 /// a few seconds to finish. Each request carries `Extension<Option<PeerIdentity>>` (None when the client showed
-/// no certificate). Failed handshakes (including plaintext HTTP) are logged at debug and close that connection
-/// only; failed accepts are logged and retried.
+/// no certificate). A connection that negotiated [`RAFT_ALPN`] goes to `raft` instead (and is closed without it).
+/// Failed handshakes (including plaintext HTTP) are logged at debug and close that connection only; failed accepts
+/// are logged and retried.
 pub async fn serve(
     listener: TcpListener,
     config: Arc<ServerConfig>,
     router: Router,
+    raft: Option<StreamHandler>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let acceptor = TlsAcceptor::from(config);
@@ -438,8 +465,14 @@ pub async fn serve(
                         continue;
                     }
                 };
+                // Answers are small writes that each end an exchange: Nagle's algorithm would hold one back until
+                // the previous one is acknowledged. Clients (reqwest) set the same.
+                if let Err(e) = stream.set_nodelay(true) {
+                    debug!(%remote, error = %e, "cannot set TCP_NODELAY");
+                }
                 let acceptor = acceptor.clone();
                 let router = router.clone();
+                let raft = raft.clone();
                 let stop = stop_rx.clone();
                 connections.spawn(async move {
                     let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
@@ -451,6 +484,13 @@ pub async fn serve(
                         Ok(peer) => peer,
                         Err(e) => return debug!(%remote, error = %e, "refusing a client certificate"),
                     };
+                    if stream.get_ref().1.alpn_protocol() == Some(RAFT_ALPN) {
+                        match raft {
+                            Some(raft) => raft(stream, peer, stop).await,
+                            None => debug!(%remote, "closing a Raft connection: this server does not serve Raft"),
+                        }
+                        return;
+                    }
                     serve_connection(stream, router, peer, false, stop).await;
                 });
             }
@@ -614,7 +654,7 @@ mod tests {
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
             let (stop, stopped) = oneshot::channel::<()>();
-            let task = tokio::spawn(serve(listener, config, router(), async move {
+            let task = tokio::spawn(serve(listener, config, router(), None, async move {
                 let _ = stopped.await;
             }));
             Server {
