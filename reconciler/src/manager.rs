@@ -154,7 +154,9 @@ impl Manager {
         keyring: Arc<crate::secrets::Keyring>,
         config: ManagerConfig,
     ) -> Result<Arc<Manager>, ManagerError> {
-        let stores = store::open(dir).map_err(|e| ManagerError::Store(e.to_string()))?;
+        let stores = store::open(dir)
+            .map_err(|e| ManagerError::Store(e.to_string()))?
+            .leading_as(raft_id);
         let sm = stores.state_machine.clone();
         let log = stores.log.clone();
         let raft_config = Arc::new(
@@ -164,6 +166,12 @@ impl Manager {
                 .validate()
                 .map_err(|e| ManagerError::Raft(e.to_string()))?,
         );
+        // The leader's own appends are synced while they are replicated, so what makes a commit visible waits for the
+        // sync (store::durable): applying in the state machine, and the commit index sent to followers.
+        let network = crate::raftnet::Gated {
+            inner: network,
+            durable: stores.log.durable(),
+        };
         let raft = openraft::Raft::new(raft_id, raft_config, network, stores.log, stores.state_machine)
             .await
             .map_err(|e| ManagerError::Raft(e.to_string()))?;

@@ -41,6 +41,7 @@ use tokio_rustls::TlsConnector;
 use tracing::debug;
 
 use crate::ca::Role;
+use crate::store::DurableLog;
 use crate::store::NodeId;
 use crate::store::Peer;
 use crate::store::TypeConfig;
@@ -479,6 +480,70 @@ impl RaftNetwork<TypeConfig> for Connection {
     }
 }
 
+/// The Raft network `inner` with one rule added: an AppendEntries request tells a follower a commit index
+/// (`leader_commit`) only once this manager's log is durable up to it, since the leader's own appends return before
+/// they are synced (see `store::durable`). Waits at most the RPC's time.
+pub struct Gated<N> {
+    pub inner: N,
+    pub durable: DurableLog,
+}
+
+pub struct GatedConnection<C> {
+    inner: C,
+    durable: DurableLog,
+}
+
+impl<N: RaftNetworkFactory<TypeConfig>> RaftNetworkFactory<TypeConfig> for Gated<N> {
+    type Network = GatedConnection<N::Network>;
+
+    async fn new_client(&mut self, target: NodeId, node: &Peer) -> Self::Network {
+        GatedConnection {
+            inner: self.inner.new_client(target, node).await,
+            durable: self.durable.clone(),
+        }
+    }
+}
+
+impl<C: RaftNetwork<TypeConfig>> RaftNetwork<TypeConfig> for GatedConnection<C> {
+    fn backoff(&self) -> Backoff {
+        self.inner.backoff()
+    }
+
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Peer, RaftError<NodeId>>> {
+        if let Some(committed) = rpc.leader_commit {
+            if !self.durable.is_durable(committed.index) {
+                let error = |e: String| RPCError::Network(NetworkError::new(&std::io::Error::other(e)));
+                match tokio::time::timeout(option.hard_ttl(), self.durable.wait(committed.index)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => return Err(error(e)),
+                    Err(_) => return Err(error(format!("log entry {} is not yet durable here", committed.index))),
+                }
+            }
+        }
+        self.inner.append_entries(rpc, option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, Peer, RaftError<NodeId, InstallSnapshotError>>> {
+        self.inner.install_snapshot(rpc, option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Peer, RaftError<NodeId>>> {
+        self.inner.vote(rpc, option).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::AtomicUsize;
@@ -766,5 +831,101 @@ mod tests {
         let request = VoteRequest::new(Vote::new(7, 1), None);
         let result = conn.vote(request, RPCOption::new(Duration::from_secs(10))).await;
         assert!(matches!(result, Err(RPCError::Unreachable(_))), "{result:?}");
+    }
+
+    /// A network that records the commit index of every AppendEntries it is asked to send.
+    #[derive(Clone, Default)]
+    struct Recorder(Arc<Mutex<Vec<Option<u64>>>>);
+
+    impl RaftNetworkFactory<TypeConfig> for Recorder {
+        type Network = Recorder;
+
+        async fn new_client(&mut self, _target: NodeId, _node: &Peer) -> Recorder {
+            self.clone()
+        }
+    }
+
+    impl RaftNetwork<TypeConfig> for Recorder {
+        async fn append_entries(
+            &mut self,
+            rpc: AppendEntriesRequest<TypeConfig>,
+            _option: RPCOption,
+        ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Peer, RaftError<NodeId>>> {
+            self.0.lock().unwrap().push(rpc.leader_commit.map(|c| c.index));
+            Ok(AppendEntriesResponse::Success)
+        }
+
+        async fn install_snapshot(
+            &mut self,
+            _rpc: InstallSnapshotRequest<TypeConfig>,
+            _option: RPCOption,
+        ) -> Result<InstallSnapshotResponse<NodeId>, RPCError<NodeId, Peer, RaftError<NodeId, InstallSnapshotError>>>
+        {
+            unreachable!("not sent in these tests")
+        }
+
+        async fn vote(
+            &mut self,
+            _rpc: VoteRequest<NodeId>,
+            _option: RPCOption,
+        ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Peer, RaftError<NodeId>>> {
+            unreachable!("not sent in these tests")
+        }
+    }
+
+    fn append_committing(index: Option<u64>) -> AppendEntriesRequest<TypeConfig> {
+        AppendEntriesRequest {
+            vote: Vote::new_committed(2, 1),
+            prev_log_id: None,
+            entries: vec![],
+            leader_commit: index.map(|i| LogId::new(CommittedLeaderId::new(2, 1), i)),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_commit_index_goes_to_followers_only_once_it_is_durable_here() {
+        use crate::store::durable::Durable;
+        let (durable, watched) = tokio::sync::watch::channel(Durable::Below(3));
+        let recorder = Recorder::default();
+        let mut network = Gated {
+            inner: recorder.clone(),
+            durable: DurableLog::new(watched),
+        };
+        let peer = Peer {
+            addr: "m2".into(),
+            node_id: "m2".into(),
+        };
+        let mut conn = network.new_client(2, &peer).await;
+        let option = || RPCOption::new(Duration::from_secs(10));
+
+        // Durable already, or no commit index at all: sent at once.
+        conn.append_entries(append_committing(Some(2)), option()).await.unwrap();
+        conn.append_entries(append_committing(None), option()).await.unwrap();
+        assert_eq!(*recorder.0.lock().unwrap(), [Some(2), None]);
+
+        // Not yet durable: held back until it is.
+        let mut held = tokio::spawn(async move {
+            conn.append_entries(append_committing(Some(5)), RPCOption::new(Duration::from_secs(10)))
+                .await
+                .map(|_| conn)
+        });
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!held.is_finished());
+        assert_eq!(recorder.0.lock().unwrap().len(), 2);
+        durable.send_replace(Durable::Below(6));
+        let mut conn = (&mut held).await.unwrap().unwrap();
+        assert_eq!(*recorder.0.lock().unwrap(), [Some(2), None, Some(5)]);
+
+        // Never durable within the RPC's time, or never at all: an error, and nothing sent.
+        let result = conn
+            .append_entries(append_committing(Some(9)), RPCOption::new(Duration::from_millis(20)))
+            .await;
+        assert!(matches!(result, Err(RPCError::Network(_))), "{result:?}");
+        durable.send_replace(Durable::Failed("fdatasync: input/output error".into()));
+        let result = conn.append_entries(append_committing(Some(9)), option()).await;
+        assert!(matches!(result, Err(RPCError::Network(_))), "{result:?}");
+        assert_eq!(recorder.0.lock().unwrap().len(), 3);
     }
 }

@@ -42,6 +42,9 @@ pub enum StoreError {
     #[error("cannot encode {what} for the Raft store: {source}")]
     Encode { what: String, source: serde_json::Error },
 
+    #[error("{0}; entries not known durable are not applied (check the disk; restart the manager once it is sound)")]
+    NotDurable(String),
+
     #[error("snapshot does not decode: {0}")]
     Snapshot(serde_json::Error),
 }

@@ -2,7 +2,8 @@
 //!
 //! The entries are read from redb (`raft.redb`) and made durable by a write-ahead file (`raft.wal`, see `wal`): an
 //! append is committed to redb without durability, so replication and apply can read it at once, and recorded in
-//! the write-ahead file, synced, before openraft's `append` callback fires. A durable redb commit (the vote, a
+//! the write-ahead file, synced, before openraft's `append` callback fires (a leader's append of its own entries
+//! fires it before the sync, see below and `durable`). A durable redb commit (the vote, a
 //! purge, or the write-ahead file reaching [`wal::RESET_BYTES`]) makes everything before it durable in redb, and the
 //! write-ahead file starts over. Opening the store replays the file into redb: appends in order (entries at or
 //! below the purged id skipped, as a purge may have been made durable just before a crash) and truncations, so the
@@ -20,8 +21,11 @@
 //! The log has its redb file to itself (the state machine is in `state.redb`): a durable commit writes the pages
 //! that changed since the last one, and the state machine's pages, changed by every apply, made a log append's
 //! fsync about 1.5 times as long when they shared the file.
-//! Writes run inline: the Raft core awaits them anyway, and staying off the blocking pool keeps simulation tests
-//! with paused time deterministic.
+//!
+//! Writes run inline (the Raft core awaits them anyway), but for the sync of a leader's append of its own entries:
+//! that append returns before its record is synced, and the sync runs on the blocking pool while the entries are
+//! replicated. What may count on an entry only once it is durable waits for it through [`DurableLog`] (see
+//! `durable`).
 
 use std::fmt::Debug;
 use std::ops::Bound;
@@ -43,13 +47,17 @@ use redb::ReadableDatabase;
 use redb::ReadableTable;
 use redb::TableDefinition;
 use redb::WriteTransaction;
+use tokio::sync::watch;
 
+use super::durable::Durable;
+use super::durable::DurableLog;
 use super::error::from_json;
 use super::error::to_json;
 use super::typ;
 use super::wal;
 use super::wal::Record;
 use super::wal::Wal;
+use super::NodeId;
 use super::StoreError;
 use super::TypeConfig;
 
@@ -78,9 +86,27 @@ pub struct LogStore {
     /// The committed log id last saved, while it is not yet written: the next append record or durable commit takes
     /// it along. Locked before `wal` when both are.
     unwritten_committed: Arc<Mutex<Option<Option<typ::LogId>>>>,
-    wal: Arc<Mutex<Wal>>,
+    wal: Arc<Mutex<WalState>>,
+    /// How far the log is durable (see `durable`).
+    durable: Arc<watch::Sender<Durable>>,
+    /// The vote last saved.
+    vote: Arc<Mutex<Option<typ::Vote>>>,
+    /// This member's id, when its own appends as leader return before they are synced ([`Self::leading_as`]).
+    own_id: Option<NodeId>,
     /// The write-ahead file starts over once it is this large.
     reset_at: u64,
+}
+
+/// The write-ahead file and what has been written to it.
+struct WalState {
+    wal: Wal,
+    /// Every entry below this index has been written to the file (or to redb durably).
+    written_below: u64,
+    /// Counts truncations, so that a sync begun before one does not vouch for entries written after it.
+    truncations: u64,
+    /// A background sync runs; it goes round once more if `sync_again` is set when it is done.
+    syncing: bool,
+    sync_again: bool,
 }
 
 /// Only the log id of a stored entry, to read the last log id without decoding the payload.
@@ -98,16 +124,42 @@ impl LogStore {
             path: wal_path.to_path_buf(),
             source,
         })?;
-        let store = LogStore {
+        let mut store = LogStore {
             db,
             unwritten_committed: Arc::new(Mutex::new(None)),
-            wal: Arc::new(Mutex::new(wal)),
+            wal: Arc::new(Mutex::new(WalState {
+                wal,
+                written_below: 0,
+                truncations: 0,
+                syncing: false,
+                sync_again: false,
+            })),
+            durable: Arc::new(watch::Sender::new(Durable::Below(0))),
+            vote: Arc::default(),
+            own_id: None,
             reset_at: wal::RESET_BYTES,
         };
         if !records.is_empty() {
             store.replay(records)?;
         }
+        // Everything in redb is durable now.
+        let below = store.log_state()?.last_log_id.map_or(0, |last| last.index + 1);
+        store.lock_wal().written_below = below;
+        store.durable.send_replace(Durable::Below(below));
+        store.vote = Arc::new(Mutex::new(store.read_meta(VOTE)?));
         Ok(store)
+    }
+
+    /// This log, as the log of member `id`: its appends of its own entries as leader return before they are synced
+    /// (see `durable`). Without this every append is synced before it returns.
+    pub fn leading_as(mut self, id: NodeId) -> Self {
+        self.own_id = Some(id);
+        self
+    }
+
+    /// Waits for entries of this log to be durable.
+    pub fn durable(&self) -> DurableLog {
+        DurableLog::new(self.durable.subscribe())
     }
 
     /// Starts the write-ahead file over once it is `bytes` large (tests use a small size).
@@ -150,22 +202,100 @@ impl LogStore {
         self.unwritten_committed.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn lock_wal(&self) -> MutexGuard<'_, Wal> {
+    fn lock_wal(&self) -> MutexGuard<'_, WalState> {
         self.wal.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records that everything written so far is durable (after a synced write or a durable commit).
+    fn all_durable(&self, state: &WalState) {
+        let below = state.written_below;
+        self.durable.send_if_modified(|durable| match durable {
+            Durable::Below(b) if *b != below => {
+                *durable = Durable::Below(below);
+                true
+            }
+            _ => false,
+        });
+    }
+
+    /// An error if a background sync failed: the file may have lost records, so nothing more is written.
+    fn check_not_failed(&self, state: &WalState) -> Result<(), StoreError> {
+        match &*self.durable.borrow() {
+            Durable::Failed(e) => Err(wal_error(&state.wal, std::io::Error::other(e.clone()))),
+            Durable::Below(_) => Ok(()),
+        }
+    }
+
+    /// Whether `entries` are this member's own, appended as the leader of the term it voted for itself in.
+    fn appends_as_leader(&self, entries: &[typ::Entry]) -> bool {
+        let (Some(me), Some(first)) = (self.own_id, entries.first()) else {
+            return false;
+        };
+        let vote = self.vote.lock().unwrap_or_else(PoisonError::into_inner);
+        vote.as_ref().is_some_and(|vote| {
+            vote.is_committed()
+                && vote.leader_id().voted_for() == Some(me)
+                && first.log_id.leader_id == *vote.leader_id()
+        })
+    }
+
+    /// Syncs the write-ahead file on the blocking pool, unless a sync runs already (it then goes round once more).
+    fn sync_in_background(&self, state: &mut WalState) {
+        if state.syncing {
+            state.sync_again = true;
+            return;
+        }
+        state.syncing = true;
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.sync_rounds());
+    }
+
+    fn sync_rounds(&self) {
+        loop {
+            let (file, below, truncations) = {
+                let mut state = self.lock_wal();
+                state.sync_again = false;
+                (state.wal.sync_handle(), state.written_below, state.truncations)
+            };
+            let synced = file.sync_data();
+            let mut state = self.lock_wal();
+            match synced {
+                // After a truncation the indexes below `below` may hold other entries, written (and synced) since.
+                Ok(()) if state.truncations == truncations => {
+                    self.durable.send_if_modified(|durable| match durable {
+                        Durable::Below(b) if *b < below => {
+                            *durable = Durable::Below(below);
+                            true
+                        }
+                        _ => false,
+                    });
+                }
+                Ok(()) => {}
+                Err(e) => {
+                    tracing::error!(path = %state.wal.path().display(), error = %e, "cannot sync the Raft log");
+                    self.durable.send_replace(Durable::Failed(e.to_string()));
+                }
+            }
+            if !state.sync_again {
+                state.syncing = false;
+                return;
+            }
+        }
     }
 
     /// Commits `txn` durably, with the committed log id if a newer one is waiting to be written; everything the
     /// write-ahead file held is then durable in redb, and it starts over.
     fn commit(&self, txn: WriteTransaction) -> Result<(), StoreError> {
         let mut unwritten = self.lock_committed();
-        let mut wal = self.lock_wal();
+        let mut state = self.lock_wal();
         if let Some(committed) = &*unwritten {
             let bytes = to_json(COMMITTED, committed)?;
             txn.open_table(LOG_META)?.insert(COMMITTED, bytes.as_slice())?;
         }
         txn.commit()?;
         *unwritten = None;
-        wal.reset().map_err(|e| wal_error(&wal, e))
+        self.all_durable(&state);
+        state.wal.reset().map_err(|e| wal_error(&state.wal, e))
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(&self, name: &str) -> Result<Option<T>, StoreError> {
@@ -212,8 +342,14 @@ impl LogStore {
         })
     }
 
-    /// Writes `entries` to redb without durability and to the write-ahead file with it.
-    fn append_entries(&self, entries: impl IntoIterator<Item = typ::Entry>) -> Result<(), StoreError> {
+    /// Writes `entries` to redb without durability and to the write-ahead file, synced before this returns unless
+    /// `sync_later` (then in the background, see `durable`).
+    fn append_entries(
+        &self,
+        entries: impl IntoIterator<Item = typ::Entry>,
+        sync_later: bool,
+    ) -> Result<(), StoreError> {
+        self.check_not_failed(&self.lock_wal())?;
         let mut written = Vec::new();
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::None)?;
@@ -233,14 +369,28 @@ impl LogStore {
                 Some(committed) => Some(to_json(COMMITTED, committed)?),
                 None => None,
             };
-            let mut wal = self.lock_wal();
+            let mut state = self.lock_wal();
+            let below = written.last().map(|(index, _)| index + 1);
             let record = Record::Append {
                 committed,
                 entries: written,
             };
-            wal.write(&record).map_err(|e| wal_error(&wal, e))?;
+            if sync_later {
+                state.wal.append(&record)
+            } else {
+                state.wal.write(&record)
+            }
+            .map_err(|e| wal_error(&state.wal, e))?;
             *unwritten = None;
-            wal.len() >= self.reset_at
+            if let Some(below) = below {
+                state.written_below = below;
+            }
+            if sync_later {
+                self.sync_in_background(&mut state);
+            } else {
+                self.all_durable(&state);
+            }
+            state.wal.len() >= self.reset_at
         };
         if full {
             // Makes everything durable in redb, and the write-ahead file starts over.
@@ -253,9 +403,15 @@ impl LogStore {
     /// back an entry written before and removed here.
     fn truncate_from(&self, index: u64) -> Result<(), StoreError> {
         {
-            let mut wal = self.lock_wal();
-            wal.write(&Record::Truncate { from: index })
-                .map_err(|e| wal_error(&wal, e))?;
+            let mut state = self.lock_wal();
+            self.check_not_failed(&state)?;
+            state
+                .wal
+                .write(&Record::Truncate { from: index })
+                .map_err(|e| wal_error(&state.wal, e))?;
+            state.truncations += 1;
+            state.written_below = state.written_below.min(index);
+            self.all_durable(&state);
         }
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::None)?;
@@ -306,7 +462,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     async fn save_vote(&mut self, vote: &typ::Vote) -> Result<(), typ::StorageError> {
         self.write_meta(VOTE, vote)
-            .map_err(|e| e.into_raft(ErrorSubject::Vote, ErrorVerb::Write))
+            .map_err(|e| e.into_raft(ErrorSubject::Vote, ErrorVerb::Write))?;
+        *self.vote.lock().unwrap_or_else(PoisonError::into_inner) = Some(*vote);
+        Ok(())
     }
 
     async fn read_vote(&mut self) -> Result<Option<typ::Vote>, typ::StorageError> {
@@ -341,7 +499,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = typ::Entry> + Send,
         I::IntoIter: Send,
     {
-        match self.append_entries(entries) {
+        let entries: Vec<typ::Entry> = entries.into_iter().collect();
+        let sync_later = self.appends_as_leader(&entries);
+        match self.append_entries(entries, sync_later) {
             Ok(()) => {
                 callback.log_io_completed(Ok(()));
                 Ok(())

@@ -13,6 +13,7 @@
 //! do. Readers use [`StateMachineStore::get`] / [`StateMachineStore::list`] (or the typed [`get`] / [`list`]) and
 //! follow changes with [`StateMachineStore::subscribe`].
 
+pub(crate) mod durable;
 mod error;
 mod log;
 mod proposer;
@@ -28,6 +29,7 @@ use std::io::Cursor;
 use std::path::Path;
 use std::sync::Arc;
 
+pub use self::durable::DurableLog;
 pub use self::error::StoreError;
 pub use self::log::LogStore;
 pub use self::proposer::ProposeResult;
@@ -115,6 +117,19 @@ pub fn is_contiguous(request: &typ::AppendEntriesRequest) -> bool {
 pub struct Stores {
     pub log: LogStore,
     pub state_machine: StateMachineStore,
+}
+
+impl Stores {
+    /// The stores of member `id`, whose appends of its own entries as leader return before they are synced: the
+    /// state machine then applies an entry only once it is durable in the log (see `durable`).
+    pub fn leading_as(self, id: NodeId) -> Stores {
+        let log = self.log.leading_as(id);
+        self.state_machine.apply_when_durable(log.durable());
+        Stores {
+            log,
+            state_machine: self.state_machine,
+        }
+    }
 }
 
 /// redb's page cache, for each of the two files. Reads are served from the state machine's in-memory copy, so redb

@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::io::Cursor;
 use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::OnceLock;
 use std::sync::PoisonError;
 use std::sync::RwLock;
 use std::sync::RwLockReadGuard;
@@ -34,6 +35,7 @@ use redb::TableDefinition;
 use redb::TableHandle;
 use tokio::sync::broadcast;
 
+use super::durable::DurableLog;
 use super::error::from_json;
 use super::error::to_json;
 use super::typ;
@@ -149,6 +151,8 @@ struct Inner {
     /// is published.
     writer: Mutex<()>,
     changes: broadcast::Sender<Committed>,
+    /// The log whose entries are applied, if an entry must be durable there before it is applied (see `durable`).
+    durable: OnceLock<DurableLog>,
 }
 
 impl StateMachineStore {
@@ -161,8 +165,14 @@ impl StateMachineStore {
                 state: RwLock::new(state),
                 writer: Mutex::new(()),
                 changes,
+                durable: OnceLock::new(),
             }),
         })
+    }
+
+    /// From now on, applies an entry only once it is durable in `durable`'s log (see `durable`). Set once.
+    pub(crate) fn apply_when_durable(&self, durable: DurableLog) {
+        let _ = self.inner.durable.set(durable);
     }
 
     /// The value stored under `key` in `table`, and its mod revision.
@@ -579,7 +589,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
         I: IntoIterator<Item = typ::Entry> + Send,
         I::IntoIter: Send,
     {
-        self.apply_entries(entries.into_iter().collect())
+        let entries: Vec<typ::Entry> = entries.into_iter().collect();
+        if let (Some(durable), Some(last)) = (self.inner.durable.get(), entries.last()) {
+            durable
+                .wait(last.log_id.index)
+                .await
+                .map_err(|e| StoreError::NotDurable(e).into_raft(ErrorSubject::Log(last.log_id), ErrorVerb::Read))?;
+        }
+        self.apply_entries(entries)
             .map_err(|e| e.into_raft(ErrorSubject::StateMachine, ErrorVerb::Write))
     }
 

@@ -485,6 +485,77 @@ async fn a_store_of_the_single_file_layout_has_its_state_machine_moved_to_its_ow
     assert_eq!(state_machine.revision(), 2);
 }
 
+/// `entry_at`, written by member `leader` as the leader of `term`.
+fn entry_by(leader: NodeId, term: u64, index: u64) -> typ::Entry {
+    typ::Entry {
+        log_id: typ::LogId::new(CommittedLeaderId::new(term, leader), index),
+        ..entry_at(term, index, "a")
+    }
+}
+
+#[tokio::test]
+async fn a_followers_append_is_durable_when_it_returns_and_a_leaders_own_once_synced_in_the_background() {
+    let dir = TempDir::new().expect("temp dir");
+    let Stores { mut log, .. } = open(dir.path()).expect("open").leading_as(1);
+    let durable = log.durable();
+
+    // Member 1 follows member 2 in term 1.
+    log.save_vote(&typ::Vote::new_committed(1, 2)).await.expect("vote");
+    log.blocking_append(vec![entry_by(2, 1, 1), entry_by(2, 1, 2)])
+        .await
+        .expect("append");
+    assert!(durable.is_durable(2));
+
+    // A truncation, synced: entries from 2 on are gone, and so is their durability.
+    log.truncate(log_id(1, 2)).await.expect("truncate");
+    assert!(durable.is_durable(1) && !durable.is_durable(2));
+
+    // Member 1 leads term 2: its own entries are durable once the background sync has run.
+    log.save_vote(&typ::Vote::new_committed(2, 1)).await.expect("vote");
+    log.blocking_append((2..=4).map(|i| entry_by(1, 2, i)).collect::<Vec<_>>())
+        .await
+        .expect("append");
+    tokio::time::timeout(WAIT, durable.wait(4))
+        .await
+        .expect("synced in time")
+        .expect("synced");
+    assert_eq!(log_ids(&mut log).await, [(1, 1), (2, 2), (2, 3), (2, 4)]);
+}
+
+#[tokio::test]
+async fn the_state_machine_applies_an_entry_only_once_it_is_durable_in_the_log() {
+    let (_dir, stores) = fresh();
+    let (durable, watched) = tokio::sync::watch::channel(durable::Durable::Below(1));
+    stores
+        .state_machine
+        .apply_when_durable(durable::DurableLog::new(watched));
+    let mut sm = stores.state_machine.clone();
+    let entries = vec![membership(0), write(1, vec![], vec![put("kv", "a", json!(1))])];
+    let applying = tokio::spawn(async move { sm.apply(entries).await.map(|_| sm) });
+    for _ in 0..10 {
+        tokio::task::yield_now().await;
+    }
+    assert!(!applying.is_finished(), "applied an entry that is not durable");
+    assert_eq!(stores.state_machine.get("kv", "a"), None);
+
+    durable.send_replace(durable::Durable::Below(2));
+    let mut sm = tokio::time::timeout(WAIT, applying)
+        .await
+        .expect("applied in time")
+        .expect("task")
+        .expect("applied");
+    assert_eq!(stores.state_machine.get("kv", "a"), Some((json!(1), 1)));
+
+    // A log that cannot be synced any more: nothing more is applied, and openraft hears why.
+    durable.send_replace(durable::Durable::Failed("fdatasync: input/output error".into()));
+    let err = sm
+        .apply(vec![write(2, vec![], vec![put("kv", "b", json!(2))])])
+        .await
+        .expect_err("not applied");
+    assert!(err.to_string().contains("input/output error"), "{err}");
+    assert_eq!(stores.state_machine.get("kv", "b"), None);
+}
+
 #[tokio::test]
 async fn a_second_open_of_the_same_directory_is_refused() {
     let (dir, _stores) = fresh();

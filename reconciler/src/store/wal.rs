@@ -21,6 +21,7 @@ use std::io::Read;
 use std::io::Write;
 use std::path::Path;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// The file starts over (after a durable redb commit) once it is this large.
 pub const RESET_BYTES: u64 = 64 << 20;
@@ -200,6 +201,8 @@ fn crc32c(data: &[u8]) -> u32 {
 pub struct Wal {
     path: PathBuf,
     file: File,
+    /// The same file, for syncing without holding the `Wal` (see [`Wal::sync_handle`]).
+    sync: Arc<File>,
     len: u64,
 }
 
@@ -237,6 +240,7 @@ impl Wal {
         }
         let wal = Wal {
             path: path.to_path_buf(),
+            sync: Arc::new(file.try_clone()?),
             file,
             len: valid as u64,
         };
@@ -246,13 +250,33 @@ impl Wal {
     /// Appends `record` and syncs it. A failed write is cut off again, so that a later record is not read as part
     /// of it (and dropped with it) after a restart.
     pub fn write(&mut self, record: &Record) -> std::io::Result<()> {
+        self.write_unsynced(record, true)
+    }
+
+    /// Appends `record` without syncing it: it is durable once a later sync ([`Self::sync_handle`], or the next
+    /// [`Self::write`]) returns. A failed write is cut off again, as in `write`.
+    pub fn append(&mut self, record: &Record) -> std::io::Result<()> {
+        self.write_unsynced(record, false)
+    }
+
+    fn write_unsynced(&mut self, record: &Record, sync: bool) -> std::io::Result<()> {
         let bytes = record.encode()?;
-        if let Err(e) = self.file.write_all(&bytes).and_then(|()| self.file.sync_data()) {
+        let written = self
+            .file
+            .write_all(&bytes)
+            .and_then(|()| if sync { self.file.sync_data() } else { Ok(()) });
+        if let Err(e) = written {
             let _ = self.file.set_len(self.len);
             return Err(e);
         }
         self.len += bytes.len() as u64;
         Ok(())
+    }
+
+    /// The file, to sync with `sync_data` while records go on being written: a sync makes every record written
+    /// before it began durable.
+    pub fn sync_handle(&self) -> Arc<File> {
+        self.sync.clone()
     }
 
     /// Empties the file: call only once everything it holds is durable elsewhere.
