@@ -213,7 +213,7 @@ async fn throughput(client: reqwest::Client, leader: String, clients: usize, sec
             }],
         };
         let send = client.post(&url).json(&request).send();
-        async move { send.await.is_ok_and(|r| r.status().is_success()) }
+        common::succeeded(send)
     })
     .await
 }

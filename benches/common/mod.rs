@@ -43,6 +43,32 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Whether a write `send` made succeeded, its answer read to the end, as a client that wants the answer reads it
+/// (a dropped answer resets its HTTP/2 stream, and a server may close a connection with many of those). Says why
+/// when it did not.
+pub async fn succeeded(send: impl Future<Output = reqwest::Result<reqwest::Response>>) -> bool {
+    match send.await {
+        Ok(response) => {
+            let status = response.status();
+            match response.bytes().await {
+                Ok(_) if status.is_success() => true,
+                Ok(body) => {
+                    eprintln!("write refused: {status}: {}", String::from_utf8_lossy(&body));
+                    false
+                }
+                Err(e) => {
+                    eprintln!("write failed reading its answer: {e:?}");
+                    false
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("write failed: {e:?}");
+            false
+        }
+    }
+}
+
 /// Committed writes per second with `clients` concurrent clients, each sending its next write when the previous
 /// one has committed, for `seconds`. `write(client, i)` sends client's `i`-th write and says whether it committed;
 /// a failed write fails the benchmark.
