@@ -211,8 +211,9 @@ async fn raft_append(
 }
 
 /// Serves the Raft connections of [`crate::raftnet`]: reads a request frame, answers it, and so on until the peer
-/// closes the connection or the server stops. Only a manager's certificate is served; the checks are those of the
-/// `/raft/append` and `/raft/vote` routes, and a request they turn down gets a refusal frame saying why.
+/// closes the connection or the server stops. A client without a manager's certificate gets one refusal frame and
+/// the connection closes; the other checks are those of the `/raft/append` and `/raft/vote` routes, and a request
+/// they turn down gets a refusal frame saying why.
 pub fn raft_streams(daemon: Arc<Daemon>) -> crate::tls::StreamHandler {
     Arc::new(move |stream, peer, stop| Box::pin(serve_raft_stream(daemon.clone(), stream, peer, stop)))
 }
@@ -223,7 +224,11 @@ async fn serve_raft_stream(
     peer: Option<PeerIdentity>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let allowed = manager_peer(&peer).map(|_| ()).map_err(|e| e.to_string());
+    if let Err(e) = manager_peer(&peer) {
+        // Says why once and closes: only managers get their requests read.
+        let _ = raftnet::write_frame(&mut stream, raftnet::REFUSED, e.to_string().as_bytes()).await;
+        return;
+    }
     loop {
         let frame = tokio::select! {
             frame = raftnet::read_frame(&mut stream) => frame,
@@ -234,11 +239,7 @@ async fn serve_raft_stream(
             Ok(None) => return,
             Err(e) => return tracing::debug!(error = %e, "a Raft connection failed"),
         };
-        let answer = match &allowed {
-            Ok(()) => answer_raft(&d, tag, &body).await,
-            Err(refused) => Err(refused.clone()),
-        };
-        let (tag, answer) = match answer {
+        let (tag, answer) = match answer_raft(&d, tag, &body).await {
             Ok(answer) => (raftnet::ANSWER, answer),
             Err(refused) => (raftnet::REFUSED, refused.into_bytes()),
         };

@@ -152,8 +152,15 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R) -> std::io::Result<Opti
             format!("a frame of {len} bytes announced; at most {MAX_FRAME} are read"),
         ));
     }
-    let mut body = vec![0; len];
-    r.read_exact(&mut body).await?;
+    // Grows with what arrives, not with what the header claims.
+    let mut body = Vec::with_capacity(len.min(64 * 1024));
+    (&mut *r).take(len as u64).read_to_end(&mut body).await?;
+    if body.len() < len {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("the stream ended {} bytes into a frame of {len}", body.len()),
+        ));
+    }
     Ok(Some((header[0], body)))
 }
 
@@ -382,7 +389,7 @@ impl Connection {
         if let Some(mut stream) = self.client.take_idle(&self.addr, generation) {
             match exchange_frames(&mut stream, rpc as u8, request).await {
                 Ok(reply) => {
-                    self.client.put_idle(&self.addr, generation, stream);
+                    self.keep(generation, stream, &reply);
                     return Ok(reply);
                 }
                 Err(e) => debug!(addr = %self.addr, error = %e, "an idle Raft connection failed; connecting again"),
@@ -392,8 +399,15 @@ impl Connection {
         let reply = exchange_frames(&mut stream, rpc as u8, request)
             .await
             .map_err(StreamError::Io)?;
-        self.client.put_idle(&self.addr, generation, stream);
+        self.keep(generation, stream, &reply);
         Ok(reply)
+    }
+
+    /// Keeps `stream` for the next RPC, unless its answer was a refusal (the server may close it after one).
+    fn keep(&self, generation: u64, stream: RaftStream, reply: &(u8, Vec<u8>)) {
+        if reply.0 == ANSWER {
+            self.client.put_idle(&self.addr, generation, stream);
+        }
     }
 
     async fn call<Req, Resp, E>(
@@ -816,6 +830,35 @@ mod tests {
         assert_eq!(vote(&mut conn).await, vote_answer());
         assert_eq!(peer.connections.load(Ordering::SeqCst), 0);
         assert_eq!(peer.https_votes.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_refusal_reaches_the_caller_with_its_reason() {
+        let (mut server, client) = manager_tls();
+        Arc::make_mut(&mut server).alpn_protocols = vec![tls::RAFT_ALPN.to_vec()];
+        let handler: tls::StreamHandler = Arc::new(|mut stream, _peer, _stop| {
+            Box::pin(async move {
+                let _ = write_frame(&mut stream, REFUSED, b"this endpoint is for managers").await;
+            })
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(tls::serve(
+            listener,
+            server,
+            axum::Router::new(),
+            Some(handler),
+            std::future::pending(),
+        ));
+        let mut conn = connection(client, &addr).await;
+        for _ in 0..2 {
+            let request = VoteRequest::new(Vote::new(7, 1), None);
+            let result = conn.vote(request, RPCOption::new(Duration::from_secs(10))).await;
+            match result {
+                Err(RPCError::Network(e)) => assert!(e.to_string().contains("for managers"), "{e}"),
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     #[tokio::test]

@@ -240,47 +240,16 @@ impl LogStore {
     }
 
     /// Syncs the write-ahead file on the blocking pool, unless a sync runs already (it then goes round once more).
+    /// The sync holds the file and the durability channel, not the database, so a store closed meanwhile can be
+    /// opened again at once.
     fn sync_in_background(&self, state: &mut WalState) {
         if state.syncing {
             state.sync_again = true;
             return;
         }
         state.syncing = true;
-        let store = self.clone();
-        tokio::task::spawn_blocking(move || store.sync_rounds());
-    }
-
-    fn sync_rounds(&self) {
-        loop {
-            let (file, below, truncations) = {
-                let mut state = self.lock_wal();
-                state.sync_again = false;
-                (state.wal.sync_handle(), state.written_below, state.truncations)
-            };
-            let synced = file.sync_data();
-            let mut state = self.lock_wal();
-            match synced {
-                // After a truncation the indexes below `below` may hold other entries, written (and synced) since.
-                Ok(()) if state.truncations == truncations => {
-                    self.durable.send_if_modified(|durable| match durable {
-                        Durable::Below(b) if *b < below => {
-                            *durable = Durable::Below(below);
-                            true
-                        }
-                        _ => false,
-                    });
-                }
-                Ok(()) => {}
-                Err(e) => {
-                    tracing::error!(path = %state.wal.path().display(), error = %e, "cannot sync the Raft log");
-                    self.durable.send_replace(Durable::Failed(e.to_string()));
-                }
-            }
-            if !state.sync_again {
-                state.syncing = false;
-                return;
-            }
-        }
+        let (wal, durable) = (self.wal.clone(), self.durable.clone());
+        tokio::task::spawn_blocking(move || sync_rounds(&wal, &durable));
     }
 
     /// Commits `txn` durably, with the committed log id if a newer one is waiting to be written; everything the
@@ -427,6 +396,41 @@ impl LogStore {
         txn.open_table(LOG_META)?.insert(PURGED, bytes.as_slice())?;
         txn.open_table(LOG)?.retain_in(..=upto.index, |_, _| false)?;
         self.commit(txn)
+    }
+}
+
+/// Syncs the write-ahead file until no sync is asked for any more, moving `durable` up to what each sync covers.
+fn sync_rounds(wal: &Mutex<WalState>, durable: &watch::Sender<Durable>) {
+    let lock = || wal.lock().unwrap_or_else(PoisonError::into_inner);
+    loop {
+        let (file, below, truncations) = {
+            let mut state = lock();
+            state.sync_again = false;
+            (state.wal.sync_handle(), state.written_below, state.truncations)
+        };
+        let synced = file.sync_data();
+        let mut state = lock();
+        match synced {
+            // After a truncation the indexes below `below` may hold other entries, written (and synced) since.
+            Ok(()) if state.truncations == truncations => {
+                durable.send_if_modified(|durable| match durable {
+                    Durable::Below(b) if *b < below => {
+                        *durable = Durable::Below(below);
+                        true
+                    }
+                    _ => false,
+                });
+            }
+            Ok(()) => {}
+            Err(e) => {
+                tracing::error!(path = %state.wal.path().display(), error = %e, "cannot sync the Raft log");
+                durable.send_replace(Durable::Failed(e.to_string()));
+            }
+        }
+        if !state.sync_again {
+            state.syncing = false;
+            return;
+        }
     }
 }
 
