@@ -286,7 +286,7 @@ async fn throughput(client: reqwest::Client, leader: String, clients: usize, sec
             &serde_json::json!({ "i": i }).to_string(),
         );
         let send = client.post(&url).json(&body).send();
-        async move { send.await.is_ok_and(|r| r.status().is_success()) }
+        common::succeeded(send)
     })
     .await
 }
