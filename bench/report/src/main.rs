@@ -28,6 +28,8 @@ enum Goal {
     Unstated,
     /// ours / reference at most this.
     RatioAtMost(f64),
+    /// ours / reference at least this.
+    RatioAtLeast(f64),
     /// ours at most this, in the figure's unit.
     AtMost(f64),
 }
@@ -109,7 +111,7 @@ fn comparisons() -> Vec<Comparison> {
             PerSecond,
             ("cluster", "writes_per_s_1"),
             Some(("etcd", "writes_per_s_1")),
-            Unstated,
+            RatioAtLeast(1.0),
         ),
         c(
             "writes",
@@ -117,7 +119,7 @@ fn comparisons() -> Vec<Comparison> {
             PerSecond,
             ("cluster", "writes_per_s_64"),
             Some(("etcd", "writes_per_s_64")),
-            Unstated,
+            RatioAtLeast(1.0),
         ),
         c(
             "failover",
@@ -306,6 +308,7 @@ impl Row<'_> {
         let (text, met) = match self.c.goal {
             Goal::Unstated => return "—".into(),
             Goal::RatioAtMost(g) => (format!("≤ {g}×"), self.ratio().map(|r| r <= g)),
+            Goal::RatioAtLeast(g) => (format!("≥ {g}×"), self.ratio().map(|r| r >= g)),
             Goal::AtMost(g) => (format!("≤ {}", unit.format(g)), Some(self.ours.median <= g)),
         };
         match met {
