@@ -264,7 +264,10 @@ pub async fn run_reporter(
                 .timeout(Duration::from_secs(5))
                 .send()
                 .await;
-            if sent.is_ok_and(|r| r.status().is_success()) {
+            if let Some(response) = sent.ok().filter(|r| r.status().is_success()) {
+                // Read to the end: an HTTP/2 client that drops answers unread resets their streams, and h2 closes its
+                // own connection after 1,024 of those (`too_many_internal_resets`), failing the next report.
+                let _ = response.bytes().await;
                 delivered = true;
                 break;
             }
