@@ -207,6 +207,17 @@ async fn connect(addr: &str, config: Arc<ClientConfig>) -> Result<RaftStream, St
     Ok(stream)
 }
 
+/// A Raft connection to the manager at `addr` with the node certificate in `config` ([`tls::client_config`]), for a
+/// caller that speaks the frames itself ([`write_frame`], [`read_frame`]).
+pub async fn dial(addr: &str, config: &ClientConfig) -> std::io::Result<RaftStream> {
+    connect(addr, tls::raft_client_config(config))
+        .await
+        .map_err(|e| match e {
+            StreamError::Connect(e) | StreamError::Io(e) => e,
+            StreamError::NoRaftProtocol => std::io::Error::other(format!("{addr} does not take Raft connections")),
+        })
+}
+
 /// How managers reach each other: an HTTP client, and the TLS configuration of the connections that carry Raft
 /// RPCs as frames ([`tls::RAFT_ALPN`]) with the idle ones kept for reuse. Both are replaced when the node's
 /// certificate is renewed; connections made with the old certificate are then not reused.
@@ -230,7 +241,8 @@ struct Idle {
     stream: RaftStream,
 }
 
-type RaftStream = tokio_rustls::client::TlsStream<TcpStream>;
+/// A Raft connection, client side.
+pub type RaftStream = tokio_rustls::client::TlsStream<TcpStream>;
 
 /// Idle Raft connections kept per peer; more are closed when they come back.
 const IDLE_PER_PEER: usize = 4;
@@ -836,9 +848,13 @@ mod tests {
     async fn a_refusal_reaches_the_caller_with_its_reason() {
         let (mut server, client) = manager_tls();
         Arc::make_mut(&mut server).alpn_protocols = vec![tls::RAFT_ALPN.to_vec()];
+        // Refuses each request once it has read it, as `api::answer_raft` does (a refusal written before the
+        // request is read races with the request: a closed socket that receives data resets the connection).
         let handler: tls::StreamHandler = Arc::new(|mut stream, _peer, _stop| {
             Box::pin(async move {
-                let _ = write_frame(&mut stream, REFUSED, b"this endpoint is for managers").await;
+                while let Ok(Some(_)) = read_frame(&mut stream).await {
+                    let _ = write_frame(&mut stream, REFUSED, b"this endpoint is for managers").await;
+                }
             })
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -1,12 +1,16 @@
-//! Who gets in: join tokens (secret and CA digest), rotation, and no plaintext on the manager port.
+//! Who gets in: join tokens (secret and CA digest), rotation, no plaintext on the manager port, and Raft connections
+//! for managers only.
 
 use std::io::Read as _;
 use std::io::Write as _;
 use std::net::TcpStream;
 use std::time::Duration;
 
+use swarm_reconciler::raftnet;
+
 use crate::harness::holds_for;
 use crate::harness::Cluster;
+use crate::secrets::data_dir;
 
 /// `SWMTKN-1-<CA digest>-<secret>` with one character of part `part` (2: digest, 3: secret) changed.
 fn tamper(token: &str, part: usize) -> String {
@@ -80,4 +84,50 @@ fn joins_need_the_current_token_of_this_swarm_and_the_manager_port_speaks_only_t
     c.try_join("intruder", &new_token, "m1").ok();
     let rows = c.wait_all_ready();
     assert_eq!(rows.len(), 3, "{rows:#?}");
+}
+
+/// A Raft connection (the managers' AppendEntries and votes, ALPN `swarm-raft/1`) to `manager` with `name`'s
+/// certificate.
+async fn dial_raft_as(c: &Cluster, name: &str, manager: &str) -> raftnet::RaftStream {
+    let tls = data_dir(c, name).join("tls");
+    let read = |file: &str| std::fs::read_to_string(tls.join(file)).expect("the node's TLS files");
+    swarm_reconciler::tls::install_crypto_provider();
+    let config = swarm_reconciler::tls::client_config(&read("ca.pem"), &read("node.pem"), &read("node.key"))
+        .expect("a client configuration");
+    raftnet::dial(&c.addr(manager), &config)
+        .await
+        .expect("a Raft connection")
+}
+
+#[test]
+fn the_manager_port_takes_raft_connections_from_managers_only() {
+    let mut c = Cluster::new();
+    c.init("m1");
+    c.join_worker("w1");
+    c.wait_all_ready();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        // A worker's certificate: one refusal, and the connection closes without reading a request.
+        let mut worker = dial_raft_as(&c, "w1", "m1").await;
+        let (tag, reason) = raftnet::read_frame(&mut worker).await.unwrap().expect("a refusal");
+        let reason = String::from_utf8_lossy(&reason).into_owned();
+        assert_eq!(tag, raftnet::REFUSED, "{reason}");
+        assert!(reason.contains("worker certificate"), "{reason}");
+        assert!(matches!(raftnet::read_frame(&mut worker).await, Ok(None) | Err(_)));
+
+        // A manager's: a vote request of a long-gone term is answered (not granted), and changes nothing.
+        let mut manager = dial_raft_as(&c, "m1", "m1").await;
+        let request = openraft::raft::VoteRequest::<u64>::new(openraft::Vote::new(0, 0), None);
+        let request = serde_json::to_vec(&request).unwrap();
+        raftnet::write_frame(&mut manager, raftnet::Rpc::Vote as u8, &request)
+            .await
+            .unwrap();
+        let (tag, answer) = raftnet::read_frame(&mut manager).await.unwrap().expect("an answer");
+        let text = String::from_utf8_lossy(&answer).into_owned();
+        assert_eq!(tag, raftnet::ANSWER, "{text}");
+        let answer: Result<openraft::raft::VoteResponse<u64>, serde_json::Value> =
+            serde_json::from_slice(&answer).expect("the answer's JSON");
+        assert!(!answer.expect("a vote response").vote_granted, "{text}");
+    });
+    c.wait_all_ready();
 }
