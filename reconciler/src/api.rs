@@ -195,6 +195,10 @@ fn operator_routes(daemon: Arc<Daemon>) -> Router<Arc<Daemon>> {
 
 pub(crate) type ApiResult<T> = Result<Json<T>, DaemonError>;
 
+/// Why an AppendEntries request whose entries do not follow its `prev_log_id` is refused (over HTTPS or a Raft
+/// connection alike).
+const NOT_CONTIGUOUS: &str = "AppendEntries entries do not follow prev_log_id: refused";
+
 async fn raft_append(
     State(d): State<Arc<Daemon>>,
     Extension(peer): Peer,
@@ -203,9 +207,7 @@ async fn raft_append(
     manager_peer(&peer)?;
     let m = d.require_manager()?;
     if !crate::store::is_contiguous(&req) {
-        return Err(DaemonError::Refused(
-            "AppendEntries entries do not follow prev_log_id: refused".into(),
-        ));
+        return Err(DaemonError::Refused(NOT_CONTIGUOUS.into()));
     }
     Ok(Json(m.raft.append_entries(req).await))
 }
@@ -258,7 +260,7 @@ async fn answer_raft(d: &Daemon, tag: u8, body: &[u8]) -> Result<Vec<u8>, String
             let req: openraft::raft::AppendEntriesRequest<crate::store::TypeConfig> =
                 serde_json::from_slice(body).map_err(malformed)?;
             if !crate::store::is_contiguous(&req) {
-                return Err("AppendEntries entries do not follow prev_log_id: refused".into());
+                return Err(NOT_CONTIGUOUS.into());
             }
             serde_json::to_vec(&m.raft.append_entries(req).await)
         }
